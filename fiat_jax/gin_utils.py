@@ -1,0 +1,181 @@
+"""t5x-style gin handling: ``--gin_file`` (searched), ``--gin.X=Y`` overrides, REQUIRED macros, config.gin.
+
+Gin's own errors are turned into one-line :class:`UserError`s naming the file or flag at fault, because a
+researcher launching a sweep wants "MODEL_DIR is required" rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+import re
+from collections.abc import Iterable, Sequence
+
+import gin
+from gin import config as gin_config
+
+from fiat_jax.errors import UserError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_GIN_DIR = REPO_ROOT / "gin_configs"
+_BINDING_KEY = re.compile(r"^[A-Za-z_][\w./]*$")
+
+
+def search_paths(extra: Iterable[str] = ()) -> list[pathlib.Path]:
+    """Where gin files are looked for: the current directory, ``--gin_search_paths``, then gin_configs/."""
+    paths = [pathlib.Path.cwd()]
+    for entry in extra:
+        paths.extend(pathlib.Path(p).expanduser() for p in str(entry).split(",") if p)
+    paths.append(DEFAULT_GIN_DIR)
+    return paths
+
+
+def resolve_gin_file(name: str, paths: Sequence[pathlib.Path]) -> pathlib.Path:
+    """The first existing ``name`` (``.gin`` optional) under ``paths``; a UserError listing where it looked."""
+    candidates = [name] if name.endswith(".gin") else [name, name + ".gin"]
+    for candidate in candidates:
+        path = pathlib.Path(candidate).expanduser()
+        if path.is_absolute():
+            if path.is_file():
+                return path
+            continue
+        for root in paths:
+            if (root / path).is_file():
+                return (root / path).resolve()
+    where = ", ".join(str(p) for p in paths)
+    raise UserError(f"gin file {name!r} not found (searched: {where})")
+
+
+def binding_from_flag(flag: str) -> str:
+    """``MODEL_DIR=/tmp/run`` -> ``MODEL_DIR = '/tmp/run'``; values gin can parse are kept as they are."""
+    key, sep, value = flag.partition("=")
+    key = key.strip()
+    if not sep or not _BINDING_KEY.match(key):
+        raise UserError(f"malformed --gin.{flag}: expected --gin.NAME=VALUE or --gin.function.param=VALUE")
+    value = value.strip()
+    if not value:
+        raise UserError(f"malformed --gin.{flag}: empty value for {key}")
+    if not _gin_literal(value):
+        value = repr(value)
+    return f"{key} = {value}"
+
+
+def _gin_literal(value: str) -> bool:
+    if value.startswith(("@", "%")) or value in ("True", "False", "None"):
+        return True
+    try:
+        ast.literal_eval(value)
+        return True
+    except (ValueError, SyntaxError):
+        return False
+
+
+def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate ``--gin.X=Y`` flags (gin bindings) from the other arguments."""
+    bindings, rest = [], []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--gin."):
+            body = arg[len("--gin."):]
+            if "=" not in body:  # "--gin.X Y" form
+                try:
+                    body = f"{body}={next(it)}"
+                except StopIteration:
+                    raise UserError(f"malformed {arg}: expected --gin.NAME=VALUE") from None
+            bindings.append(body)
+        else:
+            rest.append(arg)
+    return bindings, rest
+
+
+def _error_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    where = next((line for line in lines[1:] if line.startswith("In ")), "")
+    return f"{lines[0]} {where}".strip()
+
+
+def parse_gin(*, gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
+              gin_search_paths: Sequence[str] = (), finalize: bool = True) -> list[pathlib.Path]:
+    """Parse gin files then ``--gin.X=Y`` bindings (later wins); returns the resolved files.
+
+    Raises UserError for a missing file, an unknown configurable or parameter, a syntax error, or a malformed flag.
+    """
+    paths = search_paths(gin_search_paths)
+    for root in paths:
+        gin.add_config_file_search_path(str(root))
+    resolved = [resolve_gin_file(name, paths) for name in gin_files]
+    binding_lines = [binding_from_flag(flag) for flag in bindings]
+    for path in resolved:
+        try:
+            gin.parse_config_file(str(path))
+        except (ValueError, SyntaxError, TypeError, ImportError, OSError) as err:
+            raise UserError(f"in gin file {path}: {_error_line(err)}") from err
+    for line in binding_lines:
+        try:
+            gin.parse_config(line)
+        except (ValueError, SyntaxError, TypeError, ImportError) as err:
+            raise UserError(f"in --gin.{line.replace(' = ', '=', 1)}: {_error_line(err)}") from err
+    check_required_macros()
+    if finalize:
+        try:
+            gin.finalize()
+        except ValueError as err:
+            match = re.match(r"(\S+?)(?:/macro\.value)? set to `%gin.REQUIRED`", str(err))
+            if match:
+                name = match.group(1)
+                raise UserError(f"required gin binding not set: {name} (pass --gin.{name}=...)") from err
+            raise UserError(_error_line(err)) from err
+    return resolved
+
+
+def _references(value) -> Iterable[gin_config.ConfigurableReference]:
+    if isinstance(value, gin_config.ConfigurableReference):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _references(item)
+    elif isinstance(value, (list, tuple, set)):
+        for item in value:
+            yield from _references(item)
+
+
+def _is_required(value) -> bool:
+    return isinstance(value, gin_config.ConfigurableReference) and value.scoped_selector.startswith("gin.REQUIRED")
+
+
+def unset_required_macros() -> list[str]:
+    """Macros still bound to ``%gin.REQUIRED`` that some binding uses (directly or through other macros)."""
+    macros = {scope: params.get("value") for (scope, selector), params in gin_config._CONFIG.items()
+              if selector == "gin.macro"}
+    referenced: set[str] = set()
+    for (scope, selector), params in gin_config._CONFIG.items():
+        for value in params.values():
+            for ref in _references(value):
+                if ref.configurable.selector == "gin.macro":
+                    referenced.add(ref.scoped_selector.split("/")[0])
+    return sorted(name for name in referenced if _is_required(macros.get(name)))
+
+
+def check_required_macros() -> None:
+    missing = unset_required_macros()
+    if missing:
+        flags = " ".join(f"--gin.{name}=..." for name in missing)
+        raise UserError(f"required gin macro(s) not set: {', '.join(missing)} (pass {flags})")
+
+
+def write_operative_config(model_dir: str | os.PathLike, *, filename: str = "config.gin") -> pathlib.Path | None:
+    """Write the operative gin config next to a run's checkpoints (process 0 only); returns the path."""
+    import jax
+
+    if jax.process_index() != 0:
+        return None
+    path = pathlib.Path(model_dir) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = gin.operative_config_str() or gin.config_str()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

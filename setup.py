@@ -1,0 +1,46 @@
+"""fiat_jax: FIAT, augmented fine-tuning and phased instruction tuning in JAX."""
+from setuptools import find_packages, setup
+
+# Exact pins: the stack verified together on Python 3.11 (see README, "The stack").
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "seqio==0.0.20",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "gin-config==0.5.0",
+    "sentencepiece==0.2.3",
+    "clu==0.0.12",
+    "numpy==2.4.6",
+    "protobuf==7.36.2",
+    "gguf==0.19.0",
+    "qwix==0.1.8",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "jinja2==3.1.6",
+    "matplotlib==3.11.2",
+    "tqdm==4.70.1",
+    "httpx==0.28.1",
+]
+
+EXTRAS = {
+    "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "scikit-learn==1.9.1"],
+    # Optional cross-checks against PyTorch implementations only; never needed to train.
+    "reference": ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],
+}
+
+setup(
+    name="fiat_jax",
+    version="0.1.0",
+    description="Fusing in-context learning and parameter-efficient fine-tuning, JAX/TPU native.",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["fiat_jax", "fiat_jax.*", "tasks", "tasks.*"]),
+    package_data={"fiat_jax": ["recipes/*.txt", "recipes/*.json"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["fiat=fiat_jax.cli:main"]},
+)

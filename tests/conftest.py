@@ -1,0 +1,38 @@
+"""Test set-up: 8 fake CPU devices for mesh tests, set before anything imports jax."""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "--xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> pathlib.Path:
+    """The real data sets in ../shared/data (skip when the checkout has none beside it)."""
+    path = REPO_ROOT.parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"no shared data at {path}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+    """Each test starts from an unlocked, empty gin config."""
+    import gin
+
+    gin.clear_config(clear_constants=True)
+    yield
+    gin.clear_config(clear_constants=True)
