@@ -1,0 +1,58 @@
+"""The sweep configs in gin_configs/sweeps/: each parses, plans the grid it promises, and names existing gin files."""
+import pathlib
+
+import gin
+import pytest
+
+from fiat_jax import gin_utils
+from fiat_jax.sweeps import sweep
+
+SWEEPS_DIR = gin_utils.DEFAULT_GIN_DIR / "sweeps"
+SWEEP_FILES = sorted(p for p in SWEEPS_DIR.glob("*.gin") if p.name != "methods.gin")
+NAMES = ["fiat_scale", "fiat_ablations", "augmented_ft", "phased_ift"]
+
+
+def _plan(path: pathlib.Path) -> list[sweep.RunSpec]:
+    gin.add_config_file_search_path(str(gin_utils.DEFAULT_GIN_DIR))
+    gin.parse_config_file(str(path))
+    gin.parse_config("SWEEP_DIR = '/tmp/unused'")
+    return sweep.configured_plan()
+
+
+def test_every_sweep_has_a_local_tiny_variant():
+    names = {p.stem for p in SWEEP_FILES}
+    for name in NAMES:
+        assert name in names and f"{name}_local_tiny" in names
+
+
+def test_fiat_scale_is_three_methods_by_three_sizes_by_three_seeds():
+    runs = _plan(SWEEPS_DIR / "fiat_scale.gin")
+    assert len(runs) == 27
+    assert {r.method for r in runs} == {"ICL", "FT", "FIAT"}
+    assert {r.params["NUM_TRAIN_EXAMPLES"] for r in runs} == {100, 1000, 10000}
+    assert {r.seed for r in runs} == {0, 1, 2}
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_sweep_config_plans_a_grid(path):
+    runs = _plan(path)
+    assert len({r.method for r in runs}) >= 2 and len({r.seed for r in runs}) >= 2
+    if path.stem.endswith("_local_tiny"):
+        assert len(runs) <= 12, "a local_tiny sweep must stay small enough for a CPU"
+        assert all(r.gin_files[-1] == "runs/local_tiny.gin" for r in runs)  # the overlay comes last
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_sweep_config_gin_files_exist(path):
+    """Method/run/model configs are written by other areas; until they land this xfails naming the missing ones."""
+    runs = _plan(path)
+    paths = gin_utils.search_paths()
+    missing = []
+    for name in sorted({f for r in runs for f in r.gin_files}):
+        try:
+            gin_utils.resolve_gin_file(name, paths)
+        except Exception:
+            missing.append(name)
+    assert not [m for m in missing if m.startswith("sweeps/")]
+    if missing:
+        pytest.xfail(f"not written yet by their owners: {', '.join(missing)}")
