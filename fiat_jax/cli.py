@@ -105,10 +105,11 @@ def _configure_logging(verbose: bool) -> None:
     import logging
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    # Libraries (gin's search-path notes, absl, orbax) log to the root logger: keep them at WARNING unless
+    # --verbose, and let fiat_jax's own loggers speak at INFO.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "jax", "tensorflow", "orbax", "httpx", "matplotlib", "h5py", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("fiat_jax").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
