@@ -1,0 +1,109 @@
+"""fiat_jax's own train step on the peers' shape: the Llama decoder, fiat_jax LoRA and the trainer's jitted step.
+
+SmolLM2-135M shape, random init, fp32, batch 8 x seq_len, LoRA r=8 alpha=16 on q/k/v/o (attention query, key,
+value and out kernels), adamw; the same CLI and RESULT line as the other peer scripts:
+python benchmarks/peers/fiat_step.py --mode lora|full [--steps 3] [--seq_len 256]
+
+Exits with status 3 and a one-line reason on stderr (no RESULT line) when ``--mode lora`` is asked for and
+``fiat_jax.peft`` has not landed, so the driver reports the peer as missing instead of a made-up figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from benchmarks.peers.common import (  # noqa: E402
+    BATCH, LORA_ALPHA, LORA_RANK, SEQ_LEN, SMOLLM2_135M, emit)
+
+# fiat_jax's parameter names for the peers' q_proj/k_proj/v_proj/o_proj (docs/CONTRACTS.md).
+LORA_TARGET_REGEX = r".*attention/(query|key|value|out)/kernel"
+
+
+def decoder_config():
+    from fiat_jax.models.decoder import DecoderConfig
+
+    s = SMOLLM2_135M
+    return DecoderConfig(vocab_size=s["vocab_size"], d_model=s["d_model"], num_layers=s["n_layers"],
+                         num_heads=s["n_heads"], num_kv_heads=s["n_kv_heads"], head_dim=s["head_dim"],
+                         mlp_dim=s["mlp_dim"], rope_theta=s["rope_theta"], norm_eps=s["rms_norm_eps"],
+                         tie_embeddings=s["tie_embeddings"])
+
+
+def apply_lora(model):
+    """``(model, trainable filter)`` with fiat_jax's LoRA on q/k/v/o; raises ImportError until fiat_jax.peft lands."""
+    from fiat_jax.peft import lora  # noqa: F401  (ImportError = not landed)
+
+    transform = lora.lora_transform(targets=LORA_TARGET_REGEX, rank=LORA_RANK, alpha=LORA_ALPHA)
+    model = transform(model)
+    return model, lora.trainable_filter()
+
+
+def train_step_seconds(model, batch, *, trainable, steps: int) -> tuple[list[float], float, int]:
+    """``(seconds per step, last summed loss, trainable count)`` of the trainer's jitted step on one device
+    (adamw, params/opt state donated), after one compile + warm-up step."""
+    import jax
+    import numpy as np
+    import optax
+
+    from fiat_jax import partitioning
+    from fiat_jax.train import train_step
+
+    mesh = partitioning.make_mesh("data=1", devices=jax.devices()[:1])
+    graphdef, params, frozen = train_step.split_model(model, trainable)
+    tx = optax.adamw(1e-4)
+    step_fn = train_step.make_step_fn(graphdef, tx, train_step.StepConfig(), trainable=trainable)
+    with jax.set_mesh(mesh):
+        compiled = train_step.jit_step(step_fn, mesh=mesh, abstract_params=params,
+                                       abstract_opt_state=jax.eval_shape(tx.init, params), abstract_frozen=frozen)
+        params = jax.device_put(params, compiled.params_shardings)
+        opt_state = jax.jit(tx.init, out_shardings=compiled.opt_shardings)(params)
+        step = jax.device_put(np.zeros((), np.int32), compiled.replicated)
+        frozen = jax.device_put(frozen, compiled.frozen_shardings)
+        batch = jax.device_put(dict(batch), compiled.batch_sharding)
+        params, opt_state, step, metrics = compiled.fn(params, opt_state, step, frozen, batch)  # compile + warm
+        jax.block_until_ready(metrics["loss"])
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            params, opt_state, step, metrics = compiled.fn(params, opt_state, step, frozen, batch)
+            jax.block_until_ready(metrics["loss"])
+            times.append(time.perf_counter() - start)
+    return times, float(metrics["loss"]), int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["lora", "full"], required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--seq_len", type=int, default=SEQ_LEN)
+    args = parser.parse_args()
+
+    import numpy as np
+    from flax import nnx
+
+    from fiat_jax.models import build_model
+
+    model = build_model(config=decoder_config(), seed=0)
+    trainable = nnx.Param
+    if args.mode == "lora":
+        try:
+            model, trainable = apply_lora(model)
+        except ImportError as err:
+            sys.stderr.write(f"fiat_jax LoRA not available yet ({err}); no LoRA figure\n")
+            sys.exit(3)
+    b, t = BATCH, args.seq_len
+    tokens = np.random.default_rng(1).integers(0, SMOLLM2_135M["vocab_size"], (b, t + 1), dtype=np.int32)
+    batch = {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
+             "decoder_loss_weights": np.ones((b, t), np.int32)}
+    times, loss, trainable_count = train_step_seconds(model, batch, trainable=trainable, steps=args.steps)
+    emit(peer="fiat_jax", mode=args.mode, step_s=sorted(times)[len(times) // 2], min_s=min(times),
+         max_s=max(times), trainable=trainable_count, loss=loss / (b * t))
+
+
+if __name__ == "__main__":
+    main()

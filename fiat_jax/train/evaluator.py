@@ -1,0 +1,292 @@
+"""``fiat eval``: seqio Evaluator glue — greedy prediction and log-likelihood scoring of a checkpoint.
+
+For every task of a mixture (tasks are per language, so metrics are per language) the evaluator decodes
+predictions, scores targets, lets seqio compute the task's metric functions, writes one JSONL row per example to
+``MODEL_DIR/predictions/<task>-<step>.jsonl`` (input, target, prediction, score) and the metrics to
+``metrics.jsonl`` / TensorBoard under ``eval``, plus a ``mean/<metric>`` over tasks.
+
+Decoding is a jitted greedy loop that recomputes ``logits_from_batch`` over the fixed-length batch at each step:
+correct for any model honouring the contract (enc-dec and prefix LM), O(T^2). The KV-cache decoder
+(``fiat_jax.models.decoding``) had not landed when this was written; plug it in ``ModelRunner`` when it does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fiat_jax.errors import UserError
+from fiat_jax.train import checkpoints as ckpt_lib
+from fiat_jax.train import input_pipeline
+from fiat_jax.train.metrics_writer import MetricsWriter
+
+_log = logging.getLogger(__name__)
+EOS_ID = 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batched model functions (jitted once per shape; graphdef closed over).
+def _make_fns(graphdef: nnx.GraphDef, *, model_kind: str, max_decode_len: int) -> tuple[Callable, Callable]:
+    """``(predict(state, batch) -> tokens [B, T], score(state, batch) -> loglik [B])``."""
+
+    def logits(state, batch):
+        model = nnx.merge(graphdef, state)
+        return model.logits_from_batch(batch, deterministic=True).astype(jnp.float32)
+
+    @jax.jit
+    def score(state, batch):
+        lp = jax.nn.log_softmax(logits(state, batch), axis=-1)
+        tgt = batch["decoder_target_tokens"]
+        tok = jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0]
+        weights = batch.get("decoder_loss_weights", (tgt != 0).astype(jnp.float32))
+        return jnp.sum(tok * weights, axis=-1)
+
+    @jax.jit
+    def predict_encdec(state, batch):
+        enc = batch["encoder_input_tokens"]
+        b, t_out = enc.shape[0], batch["decoder_target_tokens"].shape[1]
+        steps = min(max_decode_len, t_out)
+
+        def body(t, carry):
+            dec_in, out, done = carry
+            step_logits = logits(state, {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in})
+            nxt = jnp.argmax(jax.lax.dynamic_index_in_dim(step_logits, t, axis=1, keepdims=False), axis=-1)
+            nxt = jnp.where(done, 0, nxt).astype(jnp.int32)
+            out = jax.lax.dynamic_update_index_in_dim(out, nxt, t, axis=1)
+            dec_in = jnp.where(t + 1 < t_out,
+                               jax.lax.dynamic_update_index_in_dim(dec_in, nxt, jnp.minimum(t + 1, t_out - 1), axis=1),
+                               dec_in)
+            return dec_in, out, done | (nxt == EOS_ID)
+
+        zeros = jnp.zeros((b, t_out), jnp.int32)
+        _, out, _ = jax.lax.fori_loop(0, steps, body, (zeros, zeros, jnp.zeros((b,), bool)))
+        return out
+
+    @jax.jit
+    def predict_decoder(state, batch):
+        # Prefix LM: decoder_causal_attention covers the inputs plus the first target position.
+        causal = batch["decoder_causal_attention"]
+        b, length = causal.shape
+        prefix = jnp.sum(causal, axis=-1).astype(jnp.int32) - 1  # first target position
+        positions = jnp.arange(length)[None]
+        seq = jnp.where(positions < prefix[:, None], batch["decoder_target_tokens"], 0)
+
+        def body(t, carry):
+            seq, out, done = carry
+            dec_in = jnp.pad(seq, ((0, 0), (1, 0)))[:, :-1]
+            step_logits = logits(state, {"decoder_input_tokens": dec_in, "decoder_target_tokens": seq,
+                                         "decoder_causal_attention": causal})
+            pos = jnp.minimum(prefix + t, length - 1)
+            nxt = jnp.argmax(jnp.take_along_axis(step_logits, pos[:, None, None], axis=1)[:, 0], axis=-1)
+            nxt = jnp.where(done | (prefix + t >= length), 0, nxt).astype(jnp.int32)
+            seq = jnp.where(positions == pos[:, None], nxt[:, None], seq)
+            out = jax.lax.dynamic_update_index_in_dim(out, nxt, t, axis=1)
+            return seq, out, done | (nxt == EOS_ID)
+
+        out0 = jnp.zeros((b, max_decode_len), jnp.int32)
+        _, out, _ = jax.lax.fori_loop(0, max_decode_len, body, (seq, out0, jnp.zeros((b,), bool)))
+        return out
+
+    return (predict_encdec if model_kind == "encoder_decoder" else predict_decoder), score
+
+
+def _batches(ds: Any, batch_size: int) -> Any:
+    """Enumerated seqio eval dataset -> (indices, padded numpy feature batch, real rows)."""
+    rows = list(ds.as_numpy_iterator())
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        indices = [int(i) for i, _ in chunk]
+        feats = {k: np.stack([np.asarray(ex[k]) for _, ex in chunk]) for k in chunk[0][1]}
+        pad = batch_size - len(chunk)
+        if pad:
+            feats = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in feats.items()}
+        yield indices, feats, len(chunk)
+
+
+class ModelRunner:
+    """Predict and score with one model over seqio's enumerated eval datasets (caches both per example)."""
+
+    def __init__(self, model: nnx.Module, *, batch_size: int, max_decode_len: int):
+        self.kind = getattr(model, "model_kind", "decoder")
+        self.graphdef, self.state = nnx.split(model)
+        self.batch_size = batch_size
+        self._memo: dict[int, Any] = {}
+        self._predict, self._score = _make_fns(self.graphdef, model_kind=self.kind, max_decode_len=max_decode_len)
+
+    def run(self, ds: Any) -> tuple[dict[int, list[int]], dict[int, float]]:
+        """Greedy tokens and target log-likelihoods by example index (memoised per dataset object)."""
+        key = id(ds)
+        if key not in self._memo:
+            self._memo[key] = (ds, self._run(ds))
+        return self._memo[key][1]
+
+    def _run(self, ds: Any) -> tuple[dict[int, list[int]], dict[int, float]]:
+        tokens: dict[int, list[int]] = {}
+        scores: dict[int, float] = {}
+        for indices, feats, n in _batches(ds, self.batch_size):
+            batch = {k: jnp.asarray(v) for k, v in feats.items()}
+            out = np.asarray(self._predict(self.state, batch))[:n]
+            sc = np.asarray(self._score(self.state, batch))[:n]
+            for i, idx in enumerate(indices):
+                tokens[idx] = [int(t) for t in out[i]]
+                scores[idx] = float(sc[i])
+        return tokens, scores
+
+
+def evaluate_model(model: nnx.Module, *, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                   split: str = "validation", batch_size: int = 32, num_examples: int | None = None,
+                   feature_converter: Any = None, step: int | None = None,
+                   predictions_dir: str | pathlib.Path | None = None, seed: int = 42) -> dict[str, float]:
+    """Metrics of ``model`` on every task of a mixture: ``{"<task>/<metric>": v, "mean/<metric>": v}``."""
+    import seqio
+    from seqio import metrics as metrics_lib
+
+    input_pipeline.get_task(mixture_or_task_name)  # a clear error for unknown names
+    kind = getattr(model, "model_kind", "decoder")
+    if feature_converter is None:
+        feature_converter = input_pipeline.feature_converter_for(kind, pack=False)
+    evaluator = seqio.Evaluator(mixture_or_task_name=mixture_or_task_name, feature_converter=feature_converter,
+                                eval_split=split, seed=seed, sequence_length=dict(task_feature_lengths),
+                                num_examples=num_examples, shuffle=False, logger_cls=(),
+                                async_compute_metrics=False)
+    if not evaluator.eval_tasks:
+        raise UserError(f"{mixture_or_task_name}: no task has metric functions for split {split!r}")
+    runner = ModelRunner(model, batch_size=batch_size, max_decode_len=int(task_feature_lengths["targets"]))
+    def predict_fn(ds):
+        return sorted(runner.run(ds)[0].items())
+
+    def score_fn(ds):
+        return sorted(runner.run(ds)[1].items())
+
+    model_fns = {metrics_lib.ModelOutputType.PREDICTION: predict_fn, metrics_lib.ModelOutputType.SCORE: score_fn}
+    metrics_future, _ = evaluator.evaluate(compute_metrics=True, step=step, model_fns=model_fns)
+    all_metrics = metrics_future.result()
+    flat: dict[str, float] = {}
+    per_metric: dict[str, list[float]] = {}
+    for task_name, task_metrics in all_metrics.items():
+        for name, value in task_metrics.items():
+            value = getattr(value, "value", value)
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                continue
+            flat[f"{task_name}/{name}"] = value
+            per_metric.setdefault(name, []).append(value)
+    for name, values in per_metric.items():
+        flat[f"mean/{name}"] = float(np.mean(values))
+    if predictions_dir is not None and jax.process_index() == 0:
+        _write_predictions(evaluator, runner, pathlib.Path(predictions_dir), step)
+    return flat
+
+
+def _write_predictions(evaluator: Any, runner: ModelRunner, out_dir: pathlib.Path, step: int | None) -> None:
+    """One JSONL per task: input, target, prediction (decoded + postprocessed), score."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for task in evaluator.eval_tasks:
+        tokens, scores = runner.run(evaluator._cached_model_datasets[task.name])  # noqa: SLF001 (seqio has no getter)
+        vocab = task.output_features["targets"].vocabulary
+        in_vocab = task.output_features.get("inputs", task.output_features["targets"]).vocabulary
+        examples = list(evaluator.cached_task_datasets[task.name].as_numpy_iterator())
+        targets = evaluator._cached_targets[task.name]  # noqa: SLF001
+        path = out_dir / f"{task.name}-{step if step is not None else 'final'}.jsonl"
+        with open(path, "w") as fh:
+            for idx, ex in enumerate(examples):
+                raw_in = ex.get("inputs_pretokenized")
+                text_in = raw_in.decode() if isinstance(raw_in, bytes) else (
+                    in_vocab.decode(list(ex["inputs"])) if "inputs" in ex else "")
+                prediction = task.postprocess_fn(vocab.decode(tokens[idx]), example=ex, is_target=False)
+                fh.write(json.dumps({"input": _jsonable(text_in), "target": _jsonable(targets[idx]),
+                                     "prediction": _jsonable(prediction), "score": scores[idx]}) + "\n")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, bytes):
+        return x.decode("utf-8", "replace")
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    return x
+
+
+@gin.configurable
+def evaluate(*,
+             model_dir: str,
+             mixture_or_task_name: str,
+             task_feature_lengths: Mapping[str, int],
+             model_factory: Callable[..., nnx.Module],
+             register_tasks: Callable[[], Any] | None = None,
+             split: str = "validation",
+             batch_size: int = 32,
+             num_examples: int | None = None,
+             checkpoint_step: int | str | None = None,
+             best_metric: str | None = None,
+             best_mode: str = "max",
+             seed: int = 0,
+             trainable: Any = nnx.Param,
+             initial_params: Callable[[nnx.Module], Any] | None = None,
+             model_transform: Callable[[nnx.Module], nnx.Module] | None = None,
+             feature_converter: Any = None) -> dict[str, float]:
+    """Evaluate the newest checkpoint in ``model_dir`` (or ``checkpoint_step``; ``"best"`` = best by ``best_metric``).
+
+    The model is rebuilt exactly as ``train`` builds it (same gin), then its trainable parameters are restored.
+    Writes predictions JSONL and eval metrics into ``model_dir``; returns the flat metrics.
+    """
+    from fiat_jax.train.trainer import build_model
+
+    if register_tasks is not None:
+        register_tasks()
+    model = build_model(model_factory, seed=seed, mesh=None, initial_params=initial_params,
+                        model_transform=model_transform)
+    _, params, _ = nnx.split(model, trainable, ...)
+    step: int | None = None
+    if checkpoint_step == "best":
+        if not best_metric:
+            raise UserError("evaluate.checkpoint_step='best' needs evaluate.best_metric (as train.best_metric)")
+        ckpts = ckpt_lib.Checkpoints(model_dir, async_save=False, best_metric=best_metric, best_mode=best_mode)
+        step = ckpts.best_step()
+        ckpts.close()
+        if step is None:
+            raise UserError(f"no checkpoint in {model_dir} carries the metric {best_metric!r}")
+    elif checkpoint_step is not None:
+        step = int(checkpoint_step)
+    restored, step = ckpt_lib.restore_params_only(model_dir, params, step=step)
+    nnx.update(model, restored)
+    metrics = evaluate_model(model, mixture_or_task_name=mixture_or_task_name,
+                             task_feature_lengths=task_feature_lengths, split=split, batch_size=batch_size,
+                             num_examples=num_examples, feature_converter=feature_converter, step=step,
+                             predictions_dir=pathlib.Path(model_dir) / "predictions")
+    writer = MetricsWriter(model_dir)
+    writer.write(step, metrics, split="eval")
+    writer.close()
+    for name, value in sorted(metrics.items()):
+        _log.info("eval step %s %s = %.4f", step, name, value)
+    return metrics
+
+
+@gin.configurable
+def training_eval_fn(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                     split: str = "validation", batch_size: int = 32, num_examples: int | None = None,
+                     write_predictions: bool = True) -> Callable[..., dict[str, float]]:
+    """An ``eval_fn`` for :func:`fiat_jax.train.trainer.train` (``train.eval_fn = @training_eval_fn()``)."""
+    kwargs = dict(mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
+                  split=split, batch_size=batch_size, num_examples=num_examples)
+
+    def eval_fn(*, model: nnx.Module, step: int, model_dir: str | None = None) -> dict[str, float]:
+        out = pathlib.Path(model_dir) / "predictions" if (model_dir and write_predictions) else None
+        return evaluate_model(model, step=step, predictions_dir=out, **kwargs)
+
+    return eval_fn

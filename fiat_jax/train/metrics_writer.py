@@ -1,0 +1,113 @@
+"""Run metrics to TensorBoard (clu metric writers), to ``MODEL_DIR/metrics.jsonl`` and to a tqdm progress bar.
+
+Only process 0 writes. ``metrics.jsonl`` holds one JSON object per line: ``{"step": n, "split": "train",
+"time": unix_s, ...scalars}`` so sweeps and reports can read a run without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+
+class MetricsWriter:
+    """Scalars to TensorBoard ``MODEL_DIR/tb/<split>`` and ``metrics.jsonl``; call :meth:`close` at the end."""
+
+    def __init__(self, model_dir: str | os.PathLike, *, tensorboard: bool = True):
+        self.model_dir = pathlib.Path(model_dir)
+        self.enabled = jax.process_index() == 0
+        self._tb: dict[str, Any] = {}
+        self._tensorboard = tensorboard
+        self._jsonl = None
+        if self.enabled:
+            self.model_dir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(self.model_dir / "metrics.jsonl", "a", buffering=1)
+
+    def _writer(self, split: str) -> Any:
+        if split not in self._tb:
+            logdir = str(self.model_dir / "tb" / split)
+            try:
+                from clu import metric_writers
+            except ImportError:  # clu's summary writer needs the `tensorboard` package
+                self._tb[split] = _TfSummaryWriter(logdir)
+            else:
+                self._tb[split] = metric_writers.create_default_writer(logdir, asynchronous=False)
+        return self._tb[split]
+
+    def write(self, step: int, scalars: Mapping[str, float], *, split: str = "train") -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in scalars.items()}
+        record = {"step": int(step), "split": split, "time": round(time.time(), 3)}
+        record.update({k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self._tensorboard:
+            self._writer(split).write_scalars(int(step), clean)
+
+    def flush(self) -> None:
+        for writer in self._tb.values():
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in self._tb.values():
+            writer.close()
+        self._tb.clear()
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+
+
+class _TfSummaryWriter:
+    """TensorBoard scalars through ``tf.summary`` directly, when clu's writers cannot load."""
+
+    def __init__(self, logdir: str):
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(logdir)
+        self._metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        tf = self._tf
+        with self._writer.as_default():
+            for name, value in scalars.items():
+                tf.summary.write(name, tf.constant(float(value), tf.float32), step=step, metadata=self._metadata)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class Progress:
+    """A tqdm bar over steps showing loss, tokens/s and ETA (tqdm's own); silent off process 0."""
+
+    def __init__(self, *, total: int, initial: int, enabled: bool = True):
+        self._bar = None
+        if enabled and jax.process_index() == 0:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc="train",
+                             mininterval=1.0)
+
+    def update(self, steps: int, **postfix: Any) -> None:
+        if self._bar is None:
+            return
+        if postfix:
+            self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                                  refresh=False)
+        self._bar.update(steps)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
