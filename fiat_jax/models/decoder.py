@@ -1,0 +1,211 @@
+"""Decoder-only transformer of the Llama family (SmolLM2, Llama 2/3, Mistral shapes), Flax NNX.
+
+Parameter tree (``D`` d_model, ``H`` heads, ``K`` kv heads, ``hd`` head_dim, ``F`` mlp_dim, ``V`` vocab); names follow
+T5X so checkpoint import (``checkpoint_import.llama_rules``) and LoRA regexes work unchanged::
+
+    token_embedder.embedding                       [V, D]      (vocab, embed)
+    layers_{i}.pre_attention_layer_norm.scale      [D]         (embed,)
+    layers_{i}.attention.query.kernel              [D, H, hd]  (embed, heads, kv)
+    layers_{i}.attention.key.kernel                [D, K, hd]  (embed, kv_heads, kv)
+    layers_{i}.attention.value.kernel              [D, K, hd]  (embed, kv_heads, kv)
+    layers_{i}.attention.out.kernel                [H, hd, D]  (heads, kv, embed)
+    layers_{i}.pre_mlp_layer_norm.scale            [D]         (embed,)
+    layers_{i}.mlp.wi_0.kernel                     [D, F]      (embed, mlp)   gate (SiLU)
+    layers_{i}.mlp.wi_1.kernel                     [D, F]      (embed, mlp)   up
+    layers_{i}.mlp.wo.kernel                       [F, D]      (mlp, embed)   down
+    decoder_norm.scale                             [D]         (embed,)
+    logits_dense.kernel                            [D, V]      (embed, vocab) only when tie_embeddings=False
+
+RoPE uses the HF "rotate half" layout (GGUF q/k rows are un-permuted on import); queries are scaled by
+``1/sqrt(hd)`` in the forward pass.
+
+Gin binding style (all ``gin_configs/models/*.gin``)::
+
+    train.model_factory = @fiat_jax.models.build_model
+    build_model.config = @DecoderConfig()          # or @T5Config()
+    DecoderConfig.num_layers = 2 ...
+
+``build_model(*, config, seed=0, rngs=None)`` returns the ``Decoder`` / ``EncoderDecoder`` for the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fiat_jax.models import layers
+from fiat_jax.models.layers import Array, constrain
+
+
+def _dtype(name: Any) -> Any:
+    return jnp.dtype(name) if isinstance(name, str) else name
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Shapes of a Llama-family decoder. ``dtype`` is the compute dtype ("bfloat16" option); ``param_dtype`` the
+    storage dtype of parameters."""
+
+    vocab_size: int = 49152
+    d_model: int = 576
+    num_layers: int = 30
+    num_heads: int = 9
+    num_kv_heads: int = 3
+    head_dim: int = 64
+    mlp_dim: int = 1536
+    rope_theta: float = 100000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    max_length: int = 8192
+    mlp_activations: tuple[str, ...] = ("silu", "linear")
+    dropout_rate: float = 0.0
+    embedding_init_std: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        kw = dict(dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype), rngs=rngs)
+        self.pre_attention_layer_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **kw)
+        self.attention = layers.Attention(cfg.d_model, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+                                          head_dim=cfg.head_dim, query_scale=cfg.head_dim ** -0.5,
+                                          rope_theta=cfg.rope_theta, dropout_rate=cfg.dropout_rate, **kw)
+        self.pre_mlp_layer_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **kw)
+        self.mlp = layers.MlpBlock(cfg.d_model, cfg.mlp_dim, activations=cfg.mlp_activations,
+                                   dropout_rate=cfg.dropout_rate, **kw)
+        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+    def __call__(self, x: Array, *, mask: Array, positions: Array, cache: dict | None, cache_index: Array | None,
+                 deterministic: bool) -> tuple[Array, dict | None]:
+        h, new_cache = self.attention(self.pre_attention_layer_norm(x), mask=mask, q_positions=positions,
+                                      cache=cache, cache_index=cache_index, deterministic=deterministic)
+        x = x + self.dropout(h, deterministic=deterministic)
+        h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic)
+        x = x + self.dropout(h, deterministic=deterministic)
+        return constrain(x, ("batch", "length", "embed")), new_cache
+
+
+class Decoder(nnx.Module):
+    """Llama-family decoder-only LM. See the module docstring for the parameter tree."""
+
+    model_kind = "decoder"
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dt, pdt = _dtype(config.dtype), _dtype(config.param_dtype)
+        self.token_embedder = layers.Embed(config.vocab_size, config.d_model, dtype=dt, param_dtype=pdt,
+                                           init_std=config.embedding_init_std, rngs=rngs)
+        for i in range(config.num_layers):
+            setattr(self, f"layers_{i}", DecoderLayer(config, rngs=rngs))
+        self.decoder_norm = layers.RMSNorm(config.d_model, eps=config.norm_eps, dtype=dt, param_dtype=pdt,
+                                           rngs=rngs)
+        if not config.tie_embeddings:
+            self.logits_dense = layers.DenseGeneral(config.d_model, config.vocab_size, names=("embed", "vocab"),
+                                                    dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+
+    # -- cache -------------------------------------------------------------------------------------------------
+    def init_cache(self, batch_size: int, max_len: int, dtype: Any = None) -> dict[str, Any]:
+        """Empty functional KV cache: per layer ``k/v [B, S, K, hd]``; ``valid``/``causal`` ``[B, S]`` slot flags;
+        ``index`` the next slot to write."""
+        c = self.config
+        dt = _dtype(dtype or c.dtype)
+        shape = (batch_size, max_len, c.num_kv_heads, c.head_dim)
+        cache: dict[str, Any] = {f"layers_{i}": {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+                                 for i in range(c.num_layers)}
+        cache["valid"] = jnp.zeros((batch_size, max_len), bool)
+        cache["causal"] = jnp.zeros((batch_size, max_len), bool)
+        cache["index"] = jnp.zeros((), jnp.int32)
+        return cache
+
+    # -- forward -----------------------------------------------------------------------------------------------
+    def __call__(self, tokens: Array | None, *, positions: Array | None = None, segment_ids: Array | None = None,
+                 causal_attention: Array | None = None, embeddings: Array | None = None,
+                 input_mask: Array | None = None, cache: dict[str, Any] | None = None,
+                 deterministic: bool = True) -> Array | tuple[Array, dict[str, Any]]:
+        """Logits ``[B, T, V]`` (and the new cache when ``cache`` is given).
+
+        ``embeddings [B, T, D]`` replaces the token lookup (soft prompts). ``segment_ids``: packing (0 = padding).
+        ``causal_attention``: prefix-LM span attended bidirectionally. ``input_mask [B, T]``: which positions are
+        real (left padding); keys outside it are never attended and positions count only real tokens.
+        With ``cache``: the chunk is written at ``cache["index"]`` and attends to every valid earlier slot.
+        """
+        x = self.token_embedder(tokens) if embeddings is None else embeddings.astype(_dtype(self.config.dtype))
+        b, t = x.shape[:2]
+        x = constrain(x, ("batch", "length", "embed"))
+        x = self.dropout(x, deterministic=deterministic)
+        if cache is None:
+            idx = jnp.arange(t)
+            mask = layers.causal_mask(idx, idx)
+            if causal_attention is not None:
+                mask = mask | layers.prefix_mask(causal_attention, causal_attention)
+            if segment_ids is not None:
+                mask = mask & layers.segment_mask(segment_ids, segment_ids)
+            if input_mask is not None:
+                mask = mask & input_mask.astype(bool)[:, None, None, :]
+            if positions is None:
+                positions = (jnp.maximum(jnp.cumsum(input_mask.astype(jnp.int32), axis=-1) - 1, 0)
+                             if input_mask is not None else jnp.broadcast_to(idx, (b, t)))
+            index = None
+        else:
+            index = cache["index"]
+            s = cache["valid"].shape[1]
+            chunk_valid = jnp.ones((b, t), bool) if input_mask is None else input_mask.astype(bool)
+            valid = jax.lax.dynamic_update_slice(cache["valid"], chunk_valid, (0, index))
+            slots = index + jnp.arange(t)
+            mask = layers.causal_mask(slots, jnp.arange(s))
+            chunk_causal = (jnp.zeros((b, t), bool) if causal_attention is None
+                            else causal_attention.astype(bool))
+            causal = jax.lax.dynamic_update_slice(cache["causal"], chunk_causal, (0, index))
+            mask = (mask | layers.prefix_mask(chunk_causal, causal)) & valid[:, None, None, :]
+            if positions is None:
+                positions = jnp.broadcast_to(slots, (b, t))
+        new_cache: dict[str, Any] = {}
+        for i in range(self.config.num_layers):
+            layer_cache = None if cache is None else cache[f"layers_{i}"]
+            x, lc = getattr(self, f"layers_{i}")(x, mask=mask, positions=positions, cache=layer_cache,
+                                                 cache_index=index, deterministic=deterministic)
+            if cache is not None:
+                new_cache[f"layers_{i}"] = lc
+        x = self.decoder_norm(x)
+        x = self.dropout(x, deterministic=deterministic)
+        logits = (self.token_embedder.attend(x) if self.config.tie_embeddings else self.logits_dense(x))
+        logits = constrain(logits, ("batch", "length", "vocab"))
+        if cache is None:
+            return logits
+        new_cache.update(valid=valid, causal=causal, index=index + t)
+        return logits, new_cache
+
+    def logits_from_batch(self, batch: Mapping[str, Array], *, deterministic: bool = True,
+                          prompt_embeddings: Array | None = None) -> Array:
+        """Prefix-LM logits aligned with ``decoder_target_tokens`` (docs/CONTRACTS.md). A soft prompt
+        ``[B or 1, P, D]`` is prepended (bidirectional with the inputs when the batch is prefix-LM, in the first
+        segment when packed) and its P output positions are dropped."""
+        tokens = jnp.asarray(batch["decoder_input_tokens"])
+        seg = batch.get("decoder_segment_ids")
+        pos = batch.get("decoder_positions")
+        ca = batch.get("decoder_causal_attention")
+        if prompt_embeddings is None:
+            return self(tokens, positions=pos, segment_ids=seg, causal_attention=ca, deterministic=deterministic)
+        b = tokens.shape[0]
+        p = prompt_embeddings.shape[1]
+        emb = self.token_embedder(tokens)
+        pe = jnp.broadcast_to(prompt_embeddings.astype(emb.dtype), (b, p, emb.shape[-1]))
+        emb = jnp.concatenate([pe, emb], axis=1)
+        if seg is not None:
+            seg = jnp.concatenate([jnp.repeat(jnp.asarray(seg)[:, :1], p, axis=1), seg], axis=1)
+        if pos is not None:
+            pos = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (b, p)), jnp.asarray(pos) + p], axis=1)
+        if ca is not None:
+            ca = jnp.concatenate([jnp.ones((b, p), jnp.asarray(ca).dtype), ca], axis=1)
+        logits = self(None, embeddings=emb, positions=pos, segment_ids=seg, causal_attention=ca,
+                      deterministic=deterministic)
+        return logits[:, p:]

@@ -1,0 +1,295 @@
+"""Transformer building blocks shared by the decoder-only and encoder-decoder models (Flax NNX).
+
+Parameter layouts follow T5X (``t5x/examples/t5/layers.py``) so checkpoints map one to one:
+attention kernels are ``query/key/value [embed, heads, kv]`` and ``out [heads, kv, embed]``; MLP ``wi_* [embed, mlp]``,
+``wo [mlp, embed]``; norms ``scale [embed]``; embeddings ``embedding [vocab, embed]``. Every ``nnx.Param`` carries
+logical axis names (docs/CONTRACTS.md). Compute runs in ``dtype`` (fp32 default, bf16 option) with parameters
+stored in ``param_dtype``; softmax and norms accumulate in fp32.
+
+The KV cache is functional: a dict of arrays passed in and returned, so a jitted decode step compiles once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+DType = Any
+NEG_INF = -1e10  # finite: a fully masked row (left padding) must not produce NaN
+
+
+def constrain(x: Array, names: Sequence[str | None]) -> Array:
+    """``partitioning.constrain`` imported lazily (keeps the models importable on their own)."""
+    from fiat_jax import partitioning
+
+    return partitioning.constrain(x, tuple(names))
+
+
+def _param(rngs: nnx.Rngs, init: Callable, shape: tuple[int, ...], names: tuple[str, ...],
+           dtype: DType) -> nnx.Param:
+    return nnx.Param(init(rngs.params(), shape, dtype), sharding_names=names)
+
+
+def _variance_scaling(scale: float, fan_in_axes: Sequence[int]) -> Callable:
+    """Truncated-normal fan-in init over the given input axes (T5X's ``variance_scaling(1.0, 'fan_in', ...)``)."""
+    def init(key: Array, shape: tuple[int, ...], dtype: DType) -> Array:
+        fan_in = math.prod(shape[i] for i in fan_in_axes)
+        std = math.sqrt(scale / fan_in) / 0.87962566103423978
+        return (jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32) * std).astype(dtype)
+    return init
+
+
+class RMSNorm(nnx.Module):
+    """T5 LayerNorm / Llama RMSNorm: no mean subtraction, no bias; statistics in fp32."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, dtype: DType = jnp.float32,
+                 param_dtype: DType = jnp.float32, rngs: nnx.Rngs):
+        del rngs
+        self.eps, self.dtype = eps, dtype
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=("embed",))
+
+    def __call__(self, x: Array) -> Array:
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    """Token embedding ``[vocab, embed]``; ``attend`` gives tied output logits."""
+
+    def __init__(self, num_embeddings: int, features: int, *, dtype: DType = jnp.float32,
+                 param_dtype: DType = jnp.float32, init_std: float = 1.0, rngs: nnx.Rngs):
+        self.dtype = dtype
+        init = lambda k, s, d: (jax.random.normal(k, s, jnp.float32) * init_std).astype(d)  # noqa: E731
+        self.embedding = _param(rngs, init, (num_embeddings, features), ("vocab", "embed"), param_dtype)
+
+    def __call__(self, ids: Array) -> Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
+
+
+class DenseGeneral(nnx.Module):
+    """``y = x[..., *in] · kernel[*in, *out]`` (no bias, like T5X/Llama); contracts the last ``len(in)`` axes."""
+
+    def __init__(self, in_features: int | Sequence[int], out_features: int | Sequence[int], *,
+                 names: Sequence[str], dtype: DType = jnp.float32, param_dtype: DType = jnp.float32,
+                 init_scale: float = 1.0, rngs: nnx.Rngs):
+        self.in_shape = (in_features,) if isinstance(in_features, int) else tuple(in_features)
+        self.out_shape = (out_features,) if isinstance(out_features, int) else tuple(out_features)
+        self.dtype = dtype
+        shape = self.in_shape + self.out_shape
+        if len(names) != len(shape):
+            raise ValueError(f"{len(names)} axis names for a kernel of shape {shape}")
+        init = _variance_scaling(init_scale, range(len(self.in_shape)))
+        self.kernel = _param(rngs, init, shape, tuple(names), param_dtype)
+
+    def __call__(self, x: Array) -> Array:
+        n = len(self.in_shape)
+        dims = ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ()))
+        return jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype), dims)
+
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "linear": lambda x: x, "relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False), "silu": jax.nn.silu, "swish": jax.nn.silu,
+}
+
+
+class MlpBlock(nnx.Module):
+    """Gated MLP: ``wo(act_0(wi_0 x) * act_1(wi_1 x))`` (SwiGLU: ("silu", "linear"); T5 v1.1: ("gelu", "linear"));
+    a single activation gives the ungated original-T5 ``wi``."""
+
+    def __init__(self, d_model: int, mlp_dim: int, *, activations: Sequence[str] = ("silu", "linear"),
+                 dropout_rate: float = 0.0, dtype: DType = jnp.float32, param_dtype: DType = jnp.float32,
+                 rngs: nnx.Rngs):
+        self.activations = tuple(activations)
+        for a in self.activations:
+            if a not in _ACTIVATIONS:
+                raise ValueError(f"unknown MLP activation {a!r} (known: {sorted(_ACTIVATIONS)})")
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if len(self.activations) == 1:
+            self.wi = DenseGeneral(d_model, mlp_dim, names=("embed", "mlp"), **kw)
+        else:
+            for i in range(len(self.activations)):
+                setattr(self, f"wi_{i}", DenseGeneral(d_model, mlp_dim, names=("embed", "mlp"), **kw))
+        self.wo = DenseGeneral(mlp_dim, d_model, names=("mlp", "embed"), **kw)
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+
+    def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+        if len(self.activations) == 1:
+            h = _ACTIVATIONS[self.activations[0]](self.wi(x))
+        else:
+            h = None
+            for i, a in enumerate(self.activations):
+                hi = _ACTIVATIONS[a](getattr(self, f"wi_{i}")(x))
+                h = hi if h is None else h * hi
+        h = constrain(h, ("batch", "length", "mlp"))
+        h = self.dropout(h, deterministic=deterministic)
+        return self.wo(h)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Positions
+
+
+def apply_rope(x: Array, positions: Array, *, theta: float) -> Array:
+    """Rotary embedding, HF-Llama "rotate half" layout. ``x [B, T, H, D]``, ``positions [B, T]``."""
+    d = x.shape[-1]
+    inv = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    ang = positions.astype(jnp.float32)[..., None] * inv  # [B, T, D/2]
+    cos, sin = jnp.cos(ang)[:, :, None, :], jnp.sin(ang)[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    x1, x2 = xf[..., : d // 2], xf[..., d // 2:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def relative_position_bucket(relative_position: Array, *, bidirectional: bool = True, num_buckets: int = 32,
+                             max_distance: int = 128) -> Array:
+    """T5's bucketing of ``memory_position - query_position``: exact buckets for small distances, log-spaced
+    up to ``max_distance``; bidirectional halves the buckets between the two signs."""
+    ret = jnp.zeros_like(relative_position)
+    n = -relative_position
+    if bidirectional:
+        num_buckets //= 2
+        ret = ret + (n < 0).astype(jnp.int32) * num_buckets
+        n = jnp.abs(n)
+    else:
+        n = jnp.maximum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    val_if_large = max_exact + (
+        jnp.log(n.astype(jnp.float32) / max_exact + jnp.finfo(jnp.float32).eps)
+        / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(jnp.int32)
+    val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
+    return ret + jnp.where(is_small, n, val_if_large)
+
+
+class RelativePositionBiases(nnx.Module):
+    """T5 relative attention bias, ``rel_embedding [heads, buckets]``; returns ``[1, H, Tq, Tk]``."""
+
+    def __init__(self, *, num_buckets: int, max_distance: int, num_heads: int, bidirectional: bool,
+                 dtype: DType = jnp.float32, param_dtype: DType = jnp.float32, rngs: nnx.Rngs):
+        self.num_buckets, self.max_distance, self.bidirectional, self.dtype = (
+            num_buckets, max_distance, bidirectional, dtype)
+        init = _variance_scaling(1.0, (1,))
+        self.rel_embedding = _param(rngs, init, (num_heads, num_buckets), ("heads", "relpos_buckets"),
+                                    param_dtype)
+
+    def __call__(self, q_positions: Array, k_positions: Array) -> Array:
+        """``q_positions [Tq]``, ``k_positions [Tk]`` (slot indices) -> bias ``[1, H, Tq, Tk]``."""
+        rel = k_positions[None, :] - q_positions[:, None]
+        buckets = relative_position_bucket(rel.astype(jnp.int32), bidirectional=self.bidirectional,
+                                           num_buckets=self.num_buckets, max_distance=self.max_distance)
+        onehot = jax.nn.one_hot(buckets, self.num_buckets, dtype=self.dtype)
+        return jnp.einsum("hn,qkn->hqk", self.rel_embedding[...].astype(self.dtype), onehot)[None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masks (boolean, [B, 1, Tq, Tk]; computed, never stored)
+
+
+def causal_mask(q_index: Array, k_index: Array) -> Array:
+    """``q_index [Tq]`` / ``k_index [Tk]`` slot positions -> ``[1, 1, Tq, Tk]``: key not after query."""
+    return (k_index[None, :] <= q_index[:, None])[None, None]
+
+
+def segment_mask(q_segments: Array, k_segments: Array) -> Array:
+    """Same-segment attention ``[B, 1, Tq, Tk]`` (packing / padding with segment id 0)."""
+    return (q_segments[:, :, None] == k_segments[:, None, :])[:, None]
+
+
+def prefix_mask(q_causal: Array, k_causal: Array) -> Array:
+    """Prefix-LM bidirectional block: both positions inside the ``decoder_causal_attention`` span."""
+    return (q_causal[:, :, None].astype(bool) & k_causal[:, None, :].astype(bool))[:, None]
+
+
+def padding_mask(q_valid: Array, k_valid: Array) -> Array:
+    return (q_valid[:, :, None].astype(bool) & k_valid[:, None, :].astype(bool))[:, None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | None = None, bias: Array | None = None,
+                          dtype: DType = jnp.float32) -> Array:
+    """GQA attention. ``q [B, Tq, H, D]``, ``k/v [B, Tk, KV, D]`` (H a multiple of KV), ``mask`` bool broadcastable
+    to ``[B, 1, Tq, Tk]``, ``bias`` to ``[B, H, Tq, Tk]``. No query scaling here (T5 folds it into the init)."""
+    b, tq, h, d = q.shape
+    kvh = k.shape[2]
+    g = h // kvh
+    qg = q.reshape(b, tq, kvh, g, d)
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+        bias = jnp.broadcast_to(bias, (bias.shape[0], h) + bias.shape[2:]) if bias.shape[1] == 1 else bias
+        logits = logits + bias.reshape(bias.shape[0], kvh, g, *bias.shape[2:]).astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask[:, :, None], logits, NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v.astype(dtype))
+    return out.reshape(b, tq, h, d)
+
+
+class Attention(nnx.Module):
+    """Multi-head (grouped-query) attention with T5X parameter layout and an optional functional KV cache."""
+
+    def __init__(self, d_model: int, *, num_heads: int, num_kv_heads: int | None = None, head_dim: int,
+                 query_scale: float | None = None, rope_theta: float | None = None, dropout_rate: float = 0.0,
+                 dtype: DType = jnp.float32, param_dtype: DType = jnp.float32, rngs: nnx.Rngs):
+        kvh = num_kv_heads or num_heads
+        if num_heads % kvh:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {kvh}")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, kvh, head_dim
+        self.query_scale, self.rope_theta, self.dtype = query_scale, rope_theta, dtype
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        # T5X: query init scaled by 1/sqrt(head_dim) instead of scaling the logits.
+        q_scale = 1.0 / head_dim if query_scale is None else 1.0
+        self.query = DenseGeneral(d_model, (num_heads, head_dim), names=("embed", "heads", "kv"),
+                                  init_scale=q_scale, **kw)
+        self.key = DenseGeneral(d_model, (kvh, head_dim), names=("embed", "kv_heads", "kv"), **kw)
+        self.value = DenseGeneral(d_model, (kvh, head_dim), names=("embed", "kv_heads", "kv"), **kw)
+        self.out = DenseGeneral((num_heads, head_dim), d_model, names=("heads", "kv", "embed"), **kw)
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+
+    def project_kv(self, x_kv: Array, positions: Array | None = None) -> tuple[Array, Array]:
+        k, v = self.key(x_kv), self.value(x_kv)
+        if self.rope_theta is not None:
+            k = apply_rope(k, positions, theta=self.rope_theta)
+        return k, v
+
+    def __call__(self, x_q: Array, x_kv: Array | None = None, *, mask: Array | None = None,
+                 bias: Array | None = None, q_positions: Array | None = None, kv_positions: Array | None = None,
+                 kv: tuple[Array, Array] | None = None, cache: dict[str, Array] | None = None,
+                 cache_index: Array | None = None, deterministic: bool = True
+                 ) -> tuple[Array, dict[str, Array] | None]:
+        """``kv``: precomputed keys/values (cross-attention cache). ``cache`` ``{"k","v"} [B, S, KV, D]`` with
+        ``cache_index`` (scalar slot of ``x_q[:, 0]``): the new keys are written there and all S slots attended
+        (``mask`` must then be ``[B, 1, Tq, S]``). Returns ``(out [B, Tq, d_model], new cache or None)``."""
+        q = self.query(x_q)
+        if self.rope_theta is not None:
+            q = apply_rope(q, q_positions, theta=self.rope_theta)
+        if self.query_scale is not None:
+            q = q * jnp.asarray(self.query_scale, q.dtype)
+        if kv is None:
+            k, v = self.project_kv(x_q if x_kv is None else x_kv,
+                                   q_positions if kv_positions is None else kv_positions)
+        else:
+            k, v = kv
+        new_cache = None
+        if cache is not None:
+            zero = jnp.zeros((), jnp.int32)
+            idx = (zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), idx)
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), idx)
+            new_cache = {"k": k, "v": v}
+        out = dot_product_attention(q, k.astype(self.dtype), v, mask=mask, bias=bias, dtype=self.dtype)
+        out = self.dropout(out, deterministic=deterministic)
+        return self.out(out), new_cache
