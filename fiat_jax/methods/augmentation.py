@@ -1,0 +1,320 @@
+"""Augmented fine-tuning (Lampinen et al. 2025, arXiv 2505.00661): fine-tuning on documents plus what a teacher
+infers from them in context, so that facts learnt by weights generalise like facts held in context (e.g. the
+reversal "B is the child of A" of a trained "A is the parent of B").
+
+- local augmentation: each sentence, with its document as context, rephrased and reversed by the teacher;
+- global augmentation: the whole document in context, the teacher writes the inferences that follow from it;
+- sentence splitting (independent: each sentence alone; cumulative: growing prefixes of the document);
+- :class:`RuleBasedAugmenter`: an exact, teacher-shaped augmenter for the synthetic facts data (tests use it in
+  place of an LLM teacher);
+- evaluation by multiple-choice likelihood: each option's statement scored by the student, argmax per item.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gin
+
+from fiat_jax.errors import UserError
+from fiat_jax.methods import results as results_lib
+
+_log = logging.getLogger(__name__)
+
+LOCAL_PROMPT = (
+    "Here is a document and one sentence from it.\n\nDocument:\n{document}\n\nSentence: {sentence}\n\n"
+    "Rewrite the sentence in other words, and state the same fact in the reverse direction (for example, "
+    "\"A is the parent of B\" becomes \"B is the child of A\"). Write one statement per line, nothing else.")
+GLOBAL_PROMPT = (
+    "Read the document.\n\nDocument:\n{document}\n\nList the facts that follow from the document taken as a "
+    "whole (combining several of its sentences), that it does not state directly. Write one statement per line, "
+    "nothing else.")
+
+_SENTENCE = re.compile(r"(?<=[.!?。！？])\s+")
+_LINE_PREFIX = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a document (split after ., !, ? and their CJK forms)."""
+    return [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
+
+
+def sentence_split_augmentation(document: str, *, mode: str = "independent") -> list[str]:
+    """Sentence splitting as augmentation: ``independent`` = each sentence alone, ``cumulative`` = the first 1, 2,
+    ... n-1 sentences (the whole document is the plain example, so it is not repeated)."""
+    sentences = split_sentences(document)
+    if mode == "independent":
+        return sentences if len(sentences) > 1 else []
+    if mode == "cumulative":
+        return [" ".join(sentences[:k]) for k in range(1, len(sentences))]
+    raise UserError(f"sentence splitting mode {mode!r}: choose 'independent' or 'cumulative'")
+
+
+def parse_statements(reply: str) -> list[str]:
+    """One statement per non-empty line of a teacher reply, list bullets and numbering removed."""
+    out = []
+    for line in (reply or "").splitlines():
+        line = _LINE_PREFIX.sub("", line).strip()
+        if line:
+            out.append(line)
+    return out
+
+
+def teacher_augment(teacher: Any, documents: Sequence[str], *, local: bool = True, global_: bool = True,
+                    max_new_tokens: int = 128, local_prompt: str = LOCAL_PROMPT,
+                    global_prompt: str = GLOBAL_PROMPT) -> list[list[str]]:
+    """For each document, the statements the teacher writes (local: per sentence; global: per document)."""
+    if teacher is None:
+        raise UserError("augmented fine-tuning: local/global augmentation needs a teacher (augment.teacher)")
+    prompts: list[str] = []
+    owner: list[int] = []
+    for d, doc in enumerate(documents):
+        if local:
+            for sentence in split_sentences(doc):
+                prompts.append(local_prompt.format(document=doc, sentence=sentence))
+                owner.append(d)
+        if global_:
+            prompts.append(global_prompt.format(document=doc))
+            owner.append(d)
+    replies = teacher.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0) if prompts else []
+    out: list[list[str]] = [[] for _ in documents]
+    for d, reply in zip(owner, replies):
+        out[d].extend(parse_statements(reply))
+    return out
+
+
+def augment_documents(documents: Sequence[Mapping[str, Any]], *, teacher: Any = None, local: bool = False,
+                      global_: bool = False, sentence_split: str | None = None, text_key: str = "text",
+                      max_new_tokens: int = 128) -> list[dict[str, Any]]:
+    """Training rows ``{"id", "text", "source"}``: every document (``source="document"``) then its augmentations
+    (``"local"/"global"`` from the teacher, ``"split"`` from sentence splitting)."""
+    texts = [str(d[text_key]) for d in documents]
+    rows: list[dict[str, Any]] = [{"id": str(d.get("id", i)), "text": t, "source": "document"}
+                                  for i, (d, t) in enumerate(zip(documents, texts))]
+    if sentence_split:
+        for i, (d, t) in enumerate(zip(documents, texts)):
+            for j, s in enumerate(sentence_split_augmentation(t, mode=sentence_split)):
+                rows.append({"id": f"{d.get('id', i)}/split{j}", "text": s, "source": "split"})
+    for flag, kind in ((local, "local"), (global_, "global")):
+        if not flag:
+            continue
+        per_doc = teacher_augment(teacher, texts, local=kind == "local", global_=kind == "global",
+                                  max_new_tokens=max_new_tokens)
+        for i, (d, statements) in enumerate(zip(documents, per_doc)):
+            for j, s in enumerate(statements):
+                rows.append({"id": f"{d.get('id', i)}/{kind}{j}", "text": s, "source": kind})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# An exact augmenter for the synthetic facts world (fiat_jax.data.synthetic): a stand-in teacher for tests.
+def _pattern(template: str) -> re.Pattern:
+    """A regex from a sentence template: ``{a}``/``{b}``/``{c}``/``{p}`` become named word groups."""
+    out, pos = [], 0
+    for m in re.finditer(r"\{(\w)\}", template):
+        out.append(re.escape(template[pos:m.start()]))
+        out.append(f"(?P<{m.group(1)}>[^\\s.]+)")
+        pos = m.end()
+    out.append(re.escape(template[pos:]))
+    return re.compile("^" + "".join(out) + "$")
+
+
+@gin.configurable
+class RuleBasedAugmenter:
+    """Answers :data:`LOCAL_PROMPT` / :data:`GLOBAL_PROMPT` exactly for synthetic-facts documents, through the
+    Teacher API (``generate``), so the augmentation pipeline is tested without an LLM.
+
+    Local: a parent or comparison sentence gives its rephrasing and its reversal. Global: grandparent facts from
+    two parent sentences, and category properties of members ("X is a wug" + "Every wug is blue" -> "X is blue").
+    """
+
+    identity = "rule-based-synthetic-augmenter"
+
+    def __init__(self, language: str = "en"):
+        from fiat_jax.data import synthetic
+
+        if language not in synthetic.TEMPLATES:
+            raise UserError(f"rule-based augmenter: no templates for language {language!r}")
+        self.t = synthetic.TEMPLATES[language]
+        self._parent = _pattern(self.t["parent"])
+        self._taller = _pattern(self.t["taller"])
+        self._member = _pattern(self.t["member"])
+        self._property = _pattern(self.t["property"])
+
+    def local(self, sentence: str) -> list[str]:
+        t = self.t
+        if m := self._parent.match(sentence):
+            a, b = m["a"], m["b"]
+            return [f"{t['parent_re'].format(a=a)} {b}.", f"{t['parent_rev'].format(b=b)} {a}."]
+        if m := self._taller.match(sentence):
+            a, b = m["a"], m["b"]
+            return [f"{t['taller_re'].format(a=a)} {b}.", f"{t['taller_rev'].format(b=b)} {a}."]
+        return []
+
+    def global_(self, document: str) -> list[str]:
+        t = self.t
+        parents, members, props = [], [], {}
+        for s in split_sentences(document):
+            if m := self._parent.match(s):
+                parents.append((m["a"], m["b"]))
+            elif m := self._member.match(s):
+                members.append((m["a"], m["c"]))
+            elif m := self._property.match(s):
+                props[m["c"]] = m["p"]
+        out = [f"{t['grand'].format(a=a)} {c}." for a, b in parents for b2, c in parents if b == b2]
+        out += [f"{t['member_q'].format(a=x)} {props[c]}." for x, c in members if c in props]
+        return out
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
+                 stop: Sequence[str] = ()) -> list[str]:
+        del max_new_tokens, temperature, stop
+        replies = []
+        for prompt in prompts:
+            doc = re.search(r"Document:\n(.*?)\n\n", prompt, re.S)
+            sentence = re.search(r"\nSentence: (.*?)\n\n", prompt, re.S)
+            if sentence:
+                replies.append("\n".join(self.local(sentence.group(1).strip())))
+            elif doc:
+                replies.append("\n".join(self.global_(doc.group(1).strip())))
+            else:
+                replies.append("")
+        return replies
+
+    def score(self, prompt: str, options: Sequence[str]) -> list[float]:
+        raise UserError("the rule-based augmenter only generates augmentations; it cannot score")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multiple-choice likelihood evaluation.
+def mc_rows(items: Sequence[Mapping[str, Any]], *, prefix: str = "Document:", context: str | None = None
+            ) -> list[dict[str, Any]]:
+    """One scoring row per option: ``inputs`` = the prefix (and, for ICL, the document in context), ``targets`` =
+    the question completed by the option (the statement the student would have to believe)."""
+    rows = []
+    inputs = prefix if context is None else f"{context}\n\n{prefix}"
+    for item in items:
+        for k, option in enumerate(item["options"]):
+            rows.append({"id": str(item["id"]), "inputs": inputs, "targets": f"{item['question']} {option}.",
+                         "option": k, "label": int(k == item["answer"]), "kind": item.get("kind", "")})
+    return rows
+
+
+def mc_accuracy(items: Sequence[Mapping[str, Any]], scores: Sequence[float]) -> dict[str, float]:
+    """Accuracy (0..1) overall and per item ``kind`` from option scores laid out as :func:`mc_rows` makes them."""
+    expected = sum(len(i["options"]) for i in items)
+    if len(scores) != expected:
+        raise ValueError(f"{len(scores)} scores for {expected} options")
+    by_kind: dict[str, list[int]] = {}
+    pos = 0
+    for item in items:
+        n = len(item["options"])
+        chunk = list(scores[pos:pos + n])
+        pos += n
+        hit = int(max(range(n), key=chunk.__getitem__) == int(item["answer"]))
+        by_kind.setdefault("all", []).append(hit)
+        by_kind.setdefault(str(item.get("kind", "")), []).append(hit)
+    return {("accuracy" if k == "all" else f"accuracy_{k}"): sum(v) / len(v) for k, v in by_kind.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The method: fine-tune on documents (+ augmentations), evaluate reversal / rephrase / two-hop items by likelihood.
+DOC_PREFIX = "Document:"
+
+
+@gin.configurable(denylist=["train_fn"])
+def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_lengths: Mapping[str, int],
+                              language: str = "en", synthetic_seed: int = 0, num_train_examples: int | None = None,
+                              teacher: Any = None, local: bool = True, global_: bool = True,
+                              sentence_split: str | None = "independent", split_documents: bool = True,
+                              icl_baseline: bool = False, initial_params: Any = None, model_transform: Any = None,
+                              trainable: Any = None, eval_batch_size: int = 32, max_new_tokens: int = 128,
+                              write_results: bool = True, train_fn: Any = None,
+                              **generate_overrides: Any) -> dict[str, dict[str, float]]:
+    """Fine-tune on the synthetic-facts documents of ``language`` plus their augmentations, then score every
+    test item's options by likelihood (accuracy overall and per kind: rephrase, reversal, two_hop, held_out).
+
+    ``local``/``global_`` need a ``teacher`` (the :class:`RuleBasedAugmenter` is exact on this data);
+    ``sentence_split`` adds split documents; ``split_documents`` trains on sentences rather than whole documents
+    (shorter rows, the same facts). ``icl_baseline`` also scores the student as it was before fine-tuning with
+    every training document in context (``icl_accuracy*``; needs ``task_feature_lengths["inputs"]`` long enough
+    for the documents, else they are truncated). A ``model_transform`` given here replaces ``train.model_transform``. Plain fine-tuning is ``local=False, global_=False, sentence_split=None``.
+    """
+    import os
+
+    from fiat_jax.data import synthetic
+    from fiat_jax.methods import student
+
+    if (local or global_) and teacher is None:
+        raise UserError("augmented fine-tuning: missing teacher for local/global augmentation "
+                        "(bind augmented_finetune_method.teacher, or set local and global_ to False)")
+    from fiat_jax.methods import common
+
+    common.check_student(train_fn, "augmented fine-tuning")
+    data = synthetic.generate(seed=synthetic_seed, languages=(language,), **generate_overrides)
+    documents = data.documents[:num_train_examples] if num_train_examples else data.documents
+    if not documents:
+        raise UserError("augmented fine-tuning: no training documents")
+    rows = augment_documents(documents, teacher=teacher, local=local, global_=global_,
+                             sentence_split=sentence_split, max_new_tokens=max_new_tokens)
+    if split_documents:
+        texts = []
+        for r in rows:
+            texts += split_sentences(r["text"]) if r["source"] == "document" else [r["text"]]
+        texts = list(dict.fromkeys(texts))
+    else:
+        texts = [r["text"] for r in rows]
+    train_rows = [{"inputs": DOC_PREFIX, "targets": t} for t in texts]
+    results_lib.write_jsonl(os.path.join(model_dir, "augmented_rows.jsonl"), rows)
+    _log.info("augmented fine-tuning: %d documents -> %d training rows (%s)", len(documents), len(train_rows),
+              {s: sum(r["source"] == s for r in rows) for s in ("document", "split", "local", "global")})
+    initial: dict[str, Any] = {}
+
+    def keep_initial(model: Any) -> Any:
+        # The student before fine-tuning, for the ICL baseline (documents in context, no training).
+        from flax import nnx
+
+        model = model_transform(model) if model_transform is not None else model
+        if icl_baseline:
+            initial["state"] = jax_copy(nnx.state(model, nnx.Param))
+        return model
+
+    transform = keep_initial if (icl_baseline or model_transform is not None) else None
+    result = student.train_on_rows(model_dir=os.path.join(model_dir, "student"), name="augmented_ft_train",
+                                   train_rows=train_rows, train_steps=train_steps, train_fn=train_fn,
+                                   task_feature_lengths=task_feature_lengths, initial_params=initial_params,
+                                   model_transform=transform, trainable=trainable,
+                                   eval_fn=None, register_tasks=None)
+    items = data.items
+    scores = student.score_rows(result.model, mc_rows(items), task_feature_lengths=task_feature_lengths,
+                                batch_size=eval_batch_size)
+    task = f"synthetic_facts_{language}"
+    metrics = {task: {k: 100.0 * v for k, v in mc_accuracy(items, scores).items()}}
+    results_lib.write_jsonl(os.path.join(model_dir, "predictions", f"{task}-mc.jsonl"), [
+        dict(row, score=s) for row, s in zip(mc_rows(items), scores)])
+    if icl_baseline:
+        from flax import nnx
+
+        context = " ".join(d["text"] for d in documents)
+        base = nnx.clone(result.model)
+        if "state" in initial:
+            nnx.update(base, initial["state"])
+        icl_scores = student.score_rows(base, mc_rows(items, context=context),
+                                        task_feature_lengths=task_feature_lengths, batch_size=eval_batch_size)
+        metrics[task].update({f"icl_{k}": 100.0 * v for k, v in mc_accuracy(items, icl_scores).items()})
+    if write_results:
+        results_lib.write_results(model_dir, metrics=metrics, method="augmented_ft", local=local,
+                                  global_=global_, sentence_split=sentence_split,
+                                  tokens_seen=int(result.metrics.get("train/tokens_seen", 0) or 0),
+                                  params_trained=int(result.metrics.get("train/params_trained", 0) or 0))
+    return metrics
+
+
+def jax_copy(tree: Any) -> Any:
+    """A copy of a state tree whose leaves survive the trainer donating the originals."""
+    import jax
+    import numpy as np
+
+    return jax.tree.map(lambda x: np.array(jax.device_get(x)), tree)

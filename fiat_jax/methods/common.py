@@ -1,0 +1,108 @@
+"""Pieces every method shares: the examples of a task or mixture split, a task's metrics applied to
+predictions or scores computed outside the evaluator (teacher ICL), and the student's training hooks."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from fiat_jax.errors import UserError
+from fiat_jax.methods.examples import task_examples
+
+
+def task_names(mixture_or_task_name: str) -> list[str]:
+    import seqio
+
+    try:
+        obj = seqio.get_mixture_or_task(mixture_or_task_name)
+    except ValueError as err:
+        raise UserError(f"unknown task or mixture {mixture_or_task_name!r} (are the tasks registered? "
+                        f"`fiat tasks list` shows them)") from err
+    return [t.name for t in obj.tasks] if isinstance(obj, seqio.Mixture) else [obj.name]
+
+
+def split_examples(mixture_or_task_name: str, split: str, *, limit: int | None = None) -> dict[str, list[dict]]:
+    """``{task: [example, ...]}`` for every task of a mixture (``limit`` examples per task at most)."""
+    out = {}
+    for name in task_names(mixture_or_task_name):
+        rows = task_examples(name, split, limit=limit)
+        if not rows:
+            raise UserError(f"task {name} has no {split!r} examples")
+        out[name] = rows
+    return out
+
+
+def metric_spec(task_name: str) -> tuple[list[Callable[..., Any]], Callable[..., Any] | None]:
+    import seqio
+
+    task = seqio.get_mixture_or_task(task_name)
+    return _unique(list(task.metric_fns)), task.postprocess_fn
+
+
+def _unique(fns: Sequence[Callable]) -> list[Callable]:
+    seen, out = set(), []
+    for fn in fns:
+        if id(fn) not in seen:
+            seen.add(id(fn))
+            out.append(fn)
+    return out
+
+
+def compute_metrics(task_name: str, examples: Sequence[Mapping[str, Any]], *,
+                    predictions: Sequence[str] | None = None, scores: Sequence[float] | None = None) -> dict[str, float]:
+    """The task's seqio metric functions on predictions (text) and/or scores, targets postprocessed as seqio does."""
+    fns, post = metric_spec(task_name)
+
+    def postprocess(text: Any, ex: Mapping[str, Any], is_target: bool) -> Any:
+        if post is None:
+            return text
+        return post(text, example={k: (np.asarray(v) if isinstance(v, list) else v) for k, v in ex.items()},
+                    is_target=is_target)
+
+    targets = [postprocess(ex["targets"], ex, True) for ex in examples]
+    out: dict[str, float] = {}
+    for fn in _unique(fns):
+        params = inspect.signature(fn).parameters
+        if "scores" in params:
+            if scores is None:
+                continue
+            values = fn(targets, list(scores))
+        elif "predictions" in params:
+            if predictions is None:
+                continue
+            values = fn(targets, [postprocess(p, ex, False) for p, ex in zip(predictions, examples)])
+        else:
+            continue
+        out.update({k: float(getattr(v, "value", v)) for k, v in values.items()})
+    return out
+
+
+def require(value: Any, what: str, method: str) -> Any:
+    """A required piece of a method config, or a UserError naming it (raised before any training)."""
+    if value is None or (isinstance(value, (str, list, tuple, dict)) and not value):
+        raise UserError(f"{method}: missing {what}")
+    return value
+
+
+def gin_bound(name: str) -> bool:
+    """Is ``name`` (e.g. ``train.model_transform``) bound in the active gin config?"""
+    import gin
+
+    try:
+        return gin.query_parameter(name) is not None
+    except ValueError:
+        return False
+
+
+def check_student(train_fn: Callable[..., Any] | None, method: str) -> None:
+    """The student model must be configured (``train.model_factory``) before anything is computed."""
+    import functools
+
+    if isinstance(train_fn, functools.partial) and "model_factory" in train_fn.keywords:
+        return
+    if not gin_bound("train.model_factory"):
+        raise UserError(f"{method}: missing the student model (bind train.model_factory, e.g. include a "
+                        f"models/*.gin file)")

@@ -1,0 +1,107 @@
+"""In-memory examples as seqio Tasks: the methods build their own training sets (stages, augmented documents,
+FIAT inputs) from Python lists and hand them to the trainer as ordinary registered tasks."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import seqio
+
+from fiat_jax.errors import UserError
+
+Example = dict[str, Any]
+
+
+def _column(rows: Sequence[Example], key: str) -> Any:
+    values = [row[key] for row in rows]
+    if any(isinstance(v, (list, tuple)) for v in values):
+        import tensorflow as tf
+
+        return tf.ragged.constant([[str(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+                                   for v in values], dtype=tf.string)
+    if all(isinstance(v, bool) or isinstance(v, int) for v in values):
+        return [int(v) for v in values]
+    if all(isinstance(v, (int, float)) for v in values):
+        return [float(v) for v in values]
+    return [str(v) for v in values]
+
+
+def _dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None, *,
+                rows_by_split: Mapping[str, Sequence[Example]], keys: tuple[str, ...]):
+    import tensorflow as tf
+
+    del shuffle_files, seed
+    rows = rows_by_split[split]
+    return tf.data.Dataset.from_tensor_slices({k: _column(rows, k) for k in keys})
+
+
+def register_examples_task(name: str, rows_by_split: Mapping[str, Sequence[Example]], *,
+                           metric_fns: Sequence[Callable[..., Any]] = (),
+                           postprocess_fn: Callable[..., Any] | None = None,
+                           vocabulary: seqio.Vocabulary | None = None) -> seqio.Task:
+    """Register (or replace) a seqio Task over ``{split: [{"inputs", "targets", ...}]}`` rows.
+
+    Every row of every split must have the same keys; ``inputs`` and ``targets`` are tokenised with the gin
+    vocabulary (``get_vocabulary``) unless ``vocabulary`` is given, other keys pass through for metrics.
+    """
+    from fiat_jax.data.vocab import get_vocabulary
+
+    keys: tuple[str, ...] | None = None
+    for split, rows in rows_by_split.items():
+        if not rows:
+            raise UserError(f"task {name}: split {split!r} has no examples")
+        for row in rows:
+            if "inputs" not in row or "targets" not in row:
+                raise UserError(f"task {name}: example {row.get('id', '?')} lacks 'inputs' or 'targets'")
+        split_keys = tuple(sorted(set.intersection(*(set(r) for r in rows))))
+        keys = split_keys if keys is None else tuple(k for k in keys if k in split_keys)
+    vocab = vocabulary if vocabulary is not None else get_vocabulary()
+    features = {"inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
+                "targets": seqio.Feature(vocabulary=vocab, add_eos=True)}
+    frozen = {s: [dict(r) for r in rows] for s, rows in rows_by_split.items()}
+    source = seqio.FunctionDataSource(functools.partial(_dataset_fn, rows_by_split=frozen, keys=keys),
+                                      splits=tuple(frozen))
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    return seqio.TaskRegistry.add(
+        name, source=source, output_features=features,
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        postprocess_fn=postprocess_fn, metric_fns=list(metric_fns))
+
+
+def task_examples(name: str, split: str, *, limit: int | None = None) -> list[Example]:
+    """Raw (untokenised) examples of a registered task or mixture split, as Python dicts of str/int/float."""
+    import numpy as np
+
+    try:
+        task = seqio.get_mixture_or_task(name)
+    except ValueError as err:
+        raise UserError(f"unknown task or mixture {name!r} (did you register the tasks?)") from err
+    tasks = task.tasks if isinstance(task, seqio.Mixture) else [task]
+    out: list[Example] = []
+    for t in tasks:
+        if split not in t.splits:
+            raise UserError(f"task {t.name} has no split {split!r} (has {', '.join(t.splits)})")
+        ds = t.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False)
+        for ex in ds.as_numpy_iterator():
+            row: Example = {"task": t.name}
+            for k, v in ex.items():
+                if k.endswith("_pretokenized"):
+                    row[k[:-len("_pretokenized")]] = v.decode() if isinstance(v, bytes) else v
+                elif k in ("inputs", "targets"):
+                    continue
+                elif isinstance(v, bytes):
+                    row[k] = v.decode()
+                elif isinstance(v, np.ndarray):
+                    row[k] = [x.decode() if isinstance(x, bytes) else x.item() for x in v.tolist()] \
+                        if v.dtype == object else v.tolist()
+                elif isinstance(v, np.generic):
+                    row[k] = v.item()
+                else:
+                    row[k] = v
+            out.append(row)
+            if limit is not None and len(out) >= limit:
+                return out
+    return out

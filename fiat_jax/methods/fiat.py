@@ -1,0 +1,284 @@
+"""FIAT (Joshi et al. 2023, arXiv 2309.04663): a teacher LLM writes reasoning for every example (cached); the
+student's input is its own instruction + the input + that reasoning, its target the answer; the student is tuned
+with PEFT. Inference is a teacher call (reasoning) then a student call (answer).
+
+Ablations, one flag each (:class:`FiatAblations`), each changing only what it names:
+  ``no_reasoning``: the student input has no teacher reasoning (and inference needs no teacher call);
+  ``no_instruction``: the student input has no student instruction;
+  ``full_finetune``: every parameter trains instead of the PEFT parameters (no PEFT transform);
+  ``reasoning_as_target``: the reasoning becomes an auxiliary multitask target (distilling step-by-step style)
+    instead of part of the input: extra rows ``input -> reasoning`` beside ``input -> answer``;
+  ``non_instruction_tuned_base``: the student starts from a base (not instruction-tuned) checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gin
+
+from fiat_jax.data.preprocessors import DEFAULT_FIAT_TEMPLATE, FiatTemplate, fiat_input
+from fiat_jax.errors import UserError
+from fiat_jax.methods import results as results_lib
+
+_log = logging.getLogger(__name__)
+
+TEACHER_PROMPT = ("{instruction}\n\n{exemplars}Question: {input}\nLet's think step by step.")
+AUX_TEMPLATE = dataclasses.replace(DEFAULT_FIAT_TEMPLATE, answer_header="Reasoning:")
+STUDENT_INSTRUCTION_PROMPT = (
+    "Write one short instruction (one or two sentences) telling a small model how to solve this task in "
+    "{language}, using the given reasoning to reach the answer. Task: {task}. Reply with the instruction only.")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class FiatAblations:
+    """Switch one FIAT ingredient off (see the module docstring)."""
+
+    no_reasoning: bool = False
+    no_instruction: bool = False
+    full_finetune: bool = False
+    reasoning_as_target: bool = False
+    non_instruction_tuned_base: bool = False
+
+    @property
+    def reasoning_in_input(self) -> bool:
+        return not (self.no_reasoning or self.reasoning_as_target)
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Does training need the teacher's reasoning (as input or as auxiliary target)?"""
+        return not self.no_reasoning
+
+    @property
+    def teacher_at_inference(self) -> bool:
+        return self.reasoning_in_input
+
+
+def teacher_prompt(example: Mapping[str, Any], *, instruction: str, exemplars: str = "",
+                   prompt: str = TEACHER_PROMPT) -> str:
+    """The teacher's reasoning request: its instruction, the chain-of-thought exemplars, the input."""
+    return prompt.format(instruction=instruction, exemplars=exemplars, input=example["inputs"])
+
+
+def recipe_hash(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:12]
+
+
+def student_rows(examples: Sequence[Mapping[str, Any]], reasonings: Mapping[str, str] | None, *,
+                 instruction: str | None, ablations: FiatAblations = FiatAblations(),
+                 template: FiatTemplate = DEFAULT_FIAT_TEMPLATE) -> list[dict[str, Any]]:
+    """Student training/eval rows. ``reasonings``: example id -> teacher reasoning (may be None when the
+    ablation needs none). Answer rows keep the example's other fields (for metrics)."""
+    use_instruction = None if ablations.no_instruction else instruction
+    rows: list[dict[str, Any]] = []
+    aux: list[dict[str, Any]] = []
+    for ex in examples:
+        reasoning = None
+        if ablations.needs_teacher:
+            if reasonings is None or str(ex["id"]) not in reasonings:
+                raise UserError(f"FIAT: no teacher reasoning for example {ex['id']}")
+            reasoning = reasonings[str(ex["id"])]
+        row = {k: v for k, v in ex.items() if k not in ("inputs", "targets")}
+        row["inputs"] = fiat_input(use_instruction, ex["inputs"],
+                                   reasoning if ablations.reasoning_in_input else None, template=template)
+        row["targets"] = ex["targets"]
+        rows.append(row)
+        if ablations.reasoning_as_target:
+            aux.append({"id": f"{ex['id']}/reasoning", "inputs": fiat_input(use_instruction, ex["inputs"], None,
+                                                                            template=AUX_TEMPLATE),
+                        "targets": reasoning})
+    return rows + aux
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentSetup:
+    """The trainer hooks of the student: how it is initialised, transformed (PEFT) and what trains."""
+
+    initial_params: Callable[[Any], Any] | None
+    model_transform: Callable[[Any], Any] | None
+    trainable: Any
+
+
+def student_setup(ablations: FiatAblations, *, initial_params: Callable | None, model_transform: Callable | None,
+                  trainable: Any, base_initial_params: Callable | None = None) -> StudentSetup:
+    """PEFT (``model_transform`` + ``trainable``) unless ``full_finetune`` (an explicit no-op transform, all
+    parameters trainable); the instruction-tuned checkpoint
+    (``initial_params``) unless ``non_instruction_tuned_base`` (``base_initial_params``)."""
+    from flax import nnx
+
+    from fiat_jax.methods.student import no_transform
+
+    if ablations.non_instruction_tuned_base:
+        if base_initial_params is None:
+            raise UserError("FIAT non_instruction_tuned_base: bind fiat.base_initial_params (the base checkpoint)")
+        initial_params = base_initial_params
+    if ablations.full_finetune:
+        return StudentSetup(initial_params=initial_params, model_transform=no_transform, trainable=nnx.Param)
+    # None = whatever the trainer's gin binds (train.model_transform / train.trainable).
+    return StudentSetup(initial_params=initial_params, model_transform=model_transform, trainable=trainable)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Teacher reasoning, materialised (docs/CONTRACTS.md "Materialised teacher outputs") so reruns never re-ask.
+def teacher_outputs(teacher: Any, examples: Sequence[Mapping[str, Any]], *, task: str, split: str, out_dir: str,
+                    instruction: str, exemplars: str = "", max_new_tokens: int = 128,
+                    prompt: str = TEACHER_PROMPT, batch_size: int = 8,
+                    progress: Callable[[str], None] | None = None) -> dict[str, str]:
+    """``{id: reasoning}`` for the examples: read from ``out_dir/<task>/<split>.jsonl`` where present (same
+    teacher and recipe), the rest asked of the teacher in batches and appended."""
+    identity = str(getattr(teacher, "identity", type(teacher).__name__))
+    rhash = recipe_hash(prompt, instruction, exemplars, str(max_new_tokens))
+    path = os.path.join(out_dir, task, f"{split}.jsonl")
+    done: dict[str, str] = {}
+    if os.path.exists(path):
+        for row in results_lib.read_jsonl(path):
+            if row.get("teacher") == identity and row.get("recipe_hash") == rhash:
+                done[str(row["id"])] = row["output"]
+    todo = [ex for ex in examples if str(ex["id"]) not in done]
+    rows = [{"id": i, "task": task, "split": split, "recipe": "fiat_reasoning", "recipe_hash": rhash,
+             "teacher": identity, "output": o} for i, o in done.items()]
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        outs = teacher.generate([teacher_prompt(ex, instruction=instruction, exemplars=exemplars, prompt=prompt)
+                                 for ex in chunk], max_new_tokens=max_new_tokens, temperature=0.0)
+        for ex, out in zip(chunk, outs):
+            done[str(ex["id"])] = out
+            rows.append({"id": str(ex["id"]), "task": task, "split": split, "recipe": "fiat_reasoning",
+                         "recipe_hash": rhash, "teacher": identity, "output": out})
+        results_lib.write_jsonl(path, rows)
+        if progress:
+            progress(f"teacher reasoning {task}/{split}: {min(start + batch_size, len(todo))}/{len(todo)}")
+    return {str(ex["id"]): done[str(ex["id"])] for ex in examples}
+
+
+def write_student_instruction(teacher: Any, *, task: str, language: str, max_new_tokens: int = 64) -> str:
+    """The student instruction written by the teacher (per task and language), one line."""
+    reply = teacher.generate([STUDENT_INSTRUCTION_PROMPT.format(task=task, language=language)],
+                             max_new_tokens=max_new_tokens, temperature=0.0)[0]
+    line = next((ln.strip() for ln in reply.splitlines() if ln.strip()), "")
+    if not line:
+        raise UserError(f"FIAT: the teacher wrote an empty student instruction for {task} ({language})")
+    return line
+
+
+def language_of(task: str) -> str:
+    return task.rsplit("_", 1)[-1]
+
+
+@gin.configurable
+def mgsm_cot_exemplars(*, k: int = 4, data_dir: str | None = None) -> Callable[[str], str]:
+    """The teacher's chain-of-thought exemplars for an MGSM task (the published per-language exemplars)."""
+    from fiat_jax.data import preprocessors, sources
+
+    def exemplars(task: str) -> str:
+        root = data_dir
+        if root is None:
+            from tasks import common as task_common
+            root = task_common.default_data_dir()
+        if root is None:
+            raise UserError("mgsm_cot_exemplars: no data_dir (bind mgsm_cot_exemplars.data_dir)")
+        shots = sources.mgsm_exemplars(str(root), language_of(task))
+        return preprocessors.few_shot_prefix(shots, k=k)
+
+    return exemplars
+
+
+def _per_task(value: str | Mapping[str, str] | None, task: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.get(task) or value.get(language_of(task))
+
+
+@gin.configurable(denylist=["train_fn"])
+def fiat_method(*, model_dir: str, mixture_or_task_name: str, train_steps: int,
+                task_feature_lengths: Mapping[str, int], num_train_examples: int | None = None,
+                num_eval_examples: int | None = None, eval_split: str = "validation",
+                teacher: Any = None, teacher_dir: str | None = None,
+                teacher_instruction: str = "Answer the question. Reason step by step.",
+                teacher_exemplars: Callable[[str], str] | str | None = None,
+                student_instruction: str | Mapping[str, str] | None = None,
+                ablations: FiatAblations | None = None, template: FiatTemplate = DEFAULT_FIAT_TEMPLATE,
+                initial_params: Callable | None = None, model_transform: Callable | None = None,
+                trainable: Any = None, base_initial_params: Callable | None = None,
+                max_reasoning_tokens: int = 128, eval_batch_size: int = 16, write_results: bool = True,
+                train_fn: Callable[..., Any] | None = None) -> dict[str, dict[str, float]]:
+    """FIAT end to end: teacher reasoning for train and eval examples, student rows, PEFT training, then
+    inference (teacher reasoning, then the student's answer) scored with each task's metrics.
+
+    Fails before any training when a required piece is missing: no teacher (unless ``no_reasoning`` or the
+    reasoning is materialised in ``teacher_dir``), no training examples, no student instruction and no teacher
+    to write one.
+    """
+    from fiat_jax.methods import common, student
+
+    ablations = ablations or FiatAblations()
+    setup = student_setup(ablations, initial_params=initial_params, model_transform=model_transform,
+                          trainable=trainable, base_initial_params=base_initial_params)
+    if ablations.needs_teacher and teacher is None and teacher_dir is None:
+        raise UserError("FIAT: missing teacher (bind fiat_method.teacher, or fiat_method.teacher_dir to the "
+                        "output of `fiat teach`)")
+    if not ablations.full_finetune and model_transform is None and not common.gin_bound("train.model_transform"):
+        raise UserError("FIAT: missing the student's PEFT transform (bind MODEL_TRANSFORM / fiat_method."
+                        "model_transform, or FiatAblations.full_finetune = True)")
+    common.check_student(train_fn, "FIAT")
+    train_ex = common.split_examples(mixture_or_task_name, "train", limit=num_train_examples)
+    eval_ex = common.split_examples(mixture_or_task_name, eval_split, limit=num_eval_examples)
+    instructions: dict[str, str | None] = {}
+    for task in train_ex:
+        given = _per_task(student_instruction, task)
+        if given is None and not ablations.no_instruction:
+            if teacher is None:
+                raise UserError(f"FIAT: missing student instruction for {task} (bind fiat_method."
+                                f"student_instruction, or a teacher to write it)")
+            given = write_student_instruction(teacher, task=task.rsplit("_", 1)[0], language=language_of(task))
+        instructions[task] = given
+
+    def reasoning(task: str, split: str, examples: list[dict]) -> dict[str, str] | None:
+        if not ablations.needs_teacher:
+            return None
+        if teacher_dir is not None and os.path.exists(os.path.join(teacher_dir, task, f"{split}.jsonl")):
+            from fiat_jax.data.teacher_outputs import read_teacher_outputs
+            outs = read_teacher_outputs(teacher_dir, task, split).outputs
+            missing = [ex["id"] for ex in examples if str(ex["id"]) not in outs]
+            if not missing:
+                return {str(ex["id"]): outs[str(ex["id"])] for ex in examples}
+            if teacher is None:
+                raise UserError(f"FIAT: {teacher_dir}/{task}/{split}.jsonl lacks reasoning for {len(missing)} "
+                                f"examples (first {missing[0]}) and no teacher is bound to write it")
+        if teacher is None:
+            raise UserError(f"FIAT: missing teacher for {task}/{split} (no materialised reasoning in {teacher_dir})")
+        ex_text = teacher_exemplars(task) if callable(teacher_exemplars) else (teacher_exemplars or "")
+        return teacher_outputs(teacher, examples, task=task, split=split,
+                               out_dir=os.path.join(model_dir, "teacher_outputs"),
+                               instruction=teacher_instruction, exemplars=ex_text,
+                               max_new_tokens=max_reasoning_tokens, progress=_log.info)
+
+    train_rows: list[dict[str, Any]] = []
+    for task, examples in train_ex.items():
+        train_rows += student_rows(examples, reasoning(task, "train", examples), instruction=instructions[task],
+                                   ablations=ablations, template=template)
+    eval_rows: dict[str, list[dict[str, Any]]] = {}
+    for task, examples in eval_ex.items():
+        # Inference: the teacher's reasoning first (when the student reads it), then the student.
+        r = reasoning(task, eval_split, examples) if ablations.teacher_at_inference else None
+        eval_rows[task] = student_rows(examples, r, instruction=instructions.get(task, _per_task(
+            student_instruction, task)), ablations=dataclasses.replace(
+            ablations, reasoning_as_target=False, no_reasoning=not ablations.teacher_at_inference),
+            template=template)
+    _log.info("FIAT: %d training rows, %s eval rows; student trains for %d steps", len(train_rows),
+              {t: len(r) for t, r in eval_rows.items()}, train_steps)
+    metrics, info = student.train_and_evaluate(
+        model_dir=model_dir, name="fiat", train_rows=train_rows, eval_rows=eval_rows, train_steps=train_steps,
+        task_feature_lengths=task_feature_lengths, initial_params=setup.initial_params,
+        model_transform=setup.model_transform, trainable=setup.trainable, eval_batch_size=eval_batch_size,
+        train_fn=train_fn)
+    if write_results:
+        results_lib.write_results(model_dir, metrics=metrics, method="fiat",
+                                  ablations=dataclasses.asdict(ablations), **info)
+    return metrics

@@ -1,0 +1,81 @@
+"""In-context learning: the teacher, given an instruction and k exemplars from the training split, answers each
+evaluation example directly (greedy generation for prediction metrics, log-likelihood of the target for score
+metrics). No parameters are trained."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gin
+import numpy as np
+
+from fiat_jax.errors import UserError
+from fiat_jax.methods import results as results_lib
+
+_log = logging.getLogger(__name__)
+
+ICL_TEMPLATE = "{instruction}\n\n{exemplars}Input: {input}\nAnswer:"
+EXEMPLAR_TEMPLATE = "Input: {input}\nAnswer: {target}\n\n"
+
+
+def pick_exemplars(examples: Sequence[Mapping[str, Any]], k: int, *, seed: int = 0) -> list[Mapping[str, Any]]:
+    """``k`` training examples drawn with ``seed`` (kept in their original order)."""
+    if k < 0:
+        raise UserError(f"ICL: k={k} exemplars")
+    if k > len(examples):
+        raise UserError(f"ICL: asked for {k} exemplars, the training split has {len(examples)}")
+    idx = sorted(np.random.default_rng(seed).choice(len(examples), size=k, replace=False).tolist())
+    return [examples[i] for i in idx]
+
+
+def icl_prompt(example: Mapping[str, Any], exemplars: Sequence[Mapping[str, Any]], *, instruction: str,
+               template: str = ICL_TEMPLATE, exemplar_template: str = EXEMPLAR_TEMPLATE) -> str:
+    shots = "".join(exemplar_template.format(input=e["inputs"], target=e["targets"]) for e in exemplars)
+    return template.format(instruction=instruction, exemplars=shots, input=example["inputs"])
+
+
+def first_line(text: str) -> str:
+    """A teacher's answer: its first non-empty line (the model may go on with another "Input:")."""
+    return next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "")
+
+
+@gin.configurable
+def icl_method(*, model_dir: str, mixture_or_task_name: str, teacher: Any = None, k: int = 4,
+               instruction: str = "Answer the question.", num_eval_examples: int | None = None,
+               eval_split: str = "validation", seed: int = 0, max_new_tokens: int = 32,
+               batch_size: int = 8, write_results: bool = True) -> dict[str, dict[str, float]]:
+    """ICL with ``teacher`` on every task of the mixture; writes predictions and ``results.json``."""
+    from fiat_jax.methods import common
+
+    if teacher is None:
+        raise UserError("ICL: missing teacher (bind icl_method.teacher)")
+    train_ex = common.split_examples(mixture_or_task_name, "train") if k else {}
+    eval_ex = common.split_examples(mixture_or_task_name, eval_split, limit=num_eval_examples)
+    metrics: dict[str, dict[str, float]] = {}
+    for task, examples in eval_ex.items():
+        shots = pick_exemplars(train_ex[task], k, seed=seed) if k else []
+        prompts = [icl_prompt(ex, shots, instruction=instruction) for ex in examples]
+        fns, _ = common.metric_spec(task)
+        wants_scores = any("scores" in inspect.signature(f).parameters for f in fns)
+        predictions: list[str] = []
+        for start in range(0, len(prompts), batch_size):
+            outs = teacher.generate(prompts[start:start + batch_size], max_new_tokens=max_new_tokens,
+                                    temperature=0.0, stop=("\n\n", "\nInput:"))
+            predictions += [first_line(o) for o in outs]
+            _log.info("ICL %s: %d/%d", task, min(start + batch_size, len(prompts)), len(prompts))
+        scores = [teacher.score(p, [" " + str(ex["targets"])])[0] for p, ex in zip(prompts, examples)] \
+            if wants_scores else None
+        metrics[task] = common.compute_metrics(task, examples, predictions=predictions, scores=scores)
+        results_lib.write_jsonl(os.path.join(model_dir, "predictions", f"{task}-icl.jsonl"), [
+            {"id": ex.get("id"), "input": p, "target": ex["targets"], "prediction": pred,
+             "score": None if scores is None else scores[i]}
+            for i, (ex, p, pred) in enumerate(zip(examples, prompts, predictions))])
+    if write_results:
+        results_lib.write_results(model_dir, metrics=metrics, method="icl", k=k,
+                                  teacher=str(getattr(teacher, "identity", type(teacher).__name__)),
+                                  tokens_seen=0, params_trained=0)
+    return metrics

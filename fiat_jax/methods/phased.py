@@ -1,0 +1,310 @@
+"""Phased instruction tuning (Pang et al. 2024, arXiv 2406.04371): difficulty-scored instructions are cut into
+stages by score thresholds and trained stage after stage, easy to hard, each stage starting from the previous
+stage's final parameters with its own learning-rate schedule.
+
+Stage ``i`` holds the examples with ``thresholds[i-1] <= score < thresholds[i]`` (default thresholds 1.5 and 3.5:
+three stages ``< 1.5``, ``[1.5, 3.5)``, ``>= 3.5``; any number of thresholds). Controls: ``"single"`` (one stage on
+all data: one-off tuning), ``"random"`` (random assignment with the same stage sizes), ``"reversed"`` (hard to
+easy).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gin
+import numpy as np
+
+from fiat_jax.errors import UserError
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLDS = (1.5, 3.5)
+CONTROLS = ("none", "single", "random", "reversed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One training stage: its examples and the score range it was cut from (``[low, high)``)."""
+
+    index: int
+    low: float
+    high: float
+    examples: tuple[dict[str, Any], ...]
+
+    @property
+    def label(self) -> str:
+        lo = "" if math.isinf(self.low) else f"{self.low:g} <= "
+        hi = "" if math.isinf(self.high) else f" < {self.high:g}"
+        return f"stage {self.index + 1} ({lo}score{hi})" if (lo or hi) else f"stage {self.index + 1} (all scores)"
+
+
+def _score(example: Mapping[str, Any], score_key: str) -> float:
+    value = example.get(score_key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"phased: example {example.get('id', '?')} has no difficulty score ({score_key!r}); "
+                        f"score the data with a teacher first")
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"phased: example {example.get('id', '?')} has a bad score {value!r}") from None
+    if not math.isfinite(score):
+        raise UserError(f"phased: example {example.get('id', '?')} has a non-finite score {value!r}")
+    return score
+
+
+def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    ts = tuple(float(t) for t in thresholds)
+    if any(b <= a for a, b in zip(ts, ts[1:])):
+        raise UserError(f"phased: thresholds must increase strictly, got {list(ts)}")
+    return ts
+
+
+def stage_index(score: float, thresholds: Sequence[float]) -> int:
+    """The stage of one score: the number of thresholds at or below it."""
+    return bisect.bisect_right(list(thresholds), score)
+
+
+def stage_counts(scores: Sequence[float], thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> list[int]:
+    """How many scores fall in each of the ``len(thresholds) + 1`` stages."""
+    ts = _check_thresholds(thresholds)
+    counts = [0] * (len(ts) + 1)
+    for s in scores:
+        counts[stage_index(float(s), ts)] += 1
+    return counts
+
+
+def assign_stages(examples: Sequence[Mapping[str, Any]], *, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                  score_key: str = "score", control: str = "none", seed: int = 0,
+                  allow_empty: bool = False) -> list[Stage]:
+    """Cut ``examples`` into training stages in the order they are trained (see the module docstring).
+
+    Raises a UserError when there are no examples, an example has no score, or (unless ``allow_empty``) a stage
+    gets no examples — naming the stage and its score range.
+    """
+    if control not in CONTROLS:
+        raise UserError(f"phased: control={control!r}; choose one of {', '.join(CONTROLS)}")
+    if not examples:
+        raise UserError("phased: no training examples")
+    ts = _check_thresholds(thresholds)
+    scores = [_score(ex, score_key) for ex in examples]
+    if control == "single":
+        stages = [Stage(0, -math.inf, math.inf, tuple(dict(e) for e in examples))]
+    else:
+        bounds = (-math.inf,) + ts + (math.inf,)
+        members: list[list[dict[str, Any]]] = [[] for _ in range(len(ts) + 1)]
+        for ex, s in zip(examples, scores):
+            members[stage_index(s, ts)].append(dict(ex))
+        if control == "random":
+            # Same stage sizes, examples dealt at random: isolates ordering by difficulty from staging itself.
+            pool = [ex for group in members for ex in group]
+            order = np.random.default_rng(seed).permutation(len(pool))
+            shuffled = [pool[i] for i in order]
+            sizes = [len(g) for g in members]
+            members, start = [], 0
+            for size in sizes:
+                members.append(shuffled[start:start + size])
+                start += size
+        stages = [Stage(i, bounds[i], bounds[i + 1], tuple(g)) for i, g in enumerate(members)]
+        if control == "reversed":
+            stages = stages[::-1]
+    if not allow_empty:
+        for stage in stages:
+            if not stage.examples:
+                counts = stage_counts(scores, ts)
+                raise UserError(f"phased: {stage.label} has no examples (stage counts {counts} for thresholds "
+                                f"{list(ts)}); change phased thresholds or the data")
+    return stages
+
+
+def params_digest(state: Any) -> str:
+    """A content hash of a parameter tree (to assert that stage k+1 starts where stage k ended)."""
+    import jax
+
+    h = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(state), key=lambda kv: jax.tree_util.keystr(kv[0])):
+        arr = np.asarray(jax.device_get(leaf))
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class StageRecord:
+    """What one stage saw and produced (kept for the assertion and for results.json)."""
+
+    index: int
+    label: str
+    num_examples: int
+    steps: int
+    start_digest: str
+    end_digest: str
+    model_dir: str
+
+
+def chain_transform(base_transform: Callable[[Any], Any] | None, previous_state: Any | None,
+                    trainable: Any) -> Callable[[Any], Any]:
+    """The trainer's ``model_transform`` for a stage: apply PEFT, then load the previous stage's final params."""
+    from flax import nnx
+
+    def transform(model):
+        if base_transform is not None:
+            model = base_transform(model)
+        if previous_state is not None:
+            nnx.update(model, previous_state)
+        return model
+
+    return transform
+
+
+def train_stages(stages: Sequence[Stage], *, model_dir: str, steps_per_stage: Sequence[int] | int,
+                 train_fn: Callable[..., Any], to_row: Callable[[Mapping[str, Any]], dict[str, Any]],
+                 eval_rows: Sequence[dict[str, Any]] | None = None, model_transform: Callable | None = None,
+                 trainable: Any = None, task_prefix: str = "phased_stage",
+                 metric_fns: Sequence[Callable[..., Any]] = (), **train_kwargs: Any) -> tuple[Any, list[StageRecord]]:
+    """Train each stage with ``train_fn`` (the trainer's ``train``) in ``model_dir/stage_<k>``.
+
+    Stage k+1's model is built by the same factory and transform, then its trainable parameters are replaced by
+    stage k's final ones; this is asserted (content hashes) before it trains. Returns the final model and records.
+    """
+    from flax import nnx
+
+    from fiat_jax.methods.examples import register_examples_task
+    from fiat_jax.train import optimizers
+
+    if trainable is None:
+        trainable = nnx.Param
+    # A hook left None is not passed: the trainer's gin binding applies (initial_params).
+    train_kwargs = {k: v for k, v in train_kwargs.items() if not (k == "initial_params" and v is None)}
+    steps = [int(steps_per_stage)] * len(stages) if isinstance(steps_per_stage, int) else list(steps_per_stage)
+    if len(steps) != len(stages):
+        raise UserError(f"phased: {len(steps)} step counts for {len(stages)} stages")
+    previous_state = None
+    previous_digest = None
+    records: list[StageRecord] = []
+    model = None
+    for position, (stage, n_steps) in enumerate(zip(stages, steps)):
+        name = f"{task_prefix}{position + 1}"
+        splits = {"train": [to_row(ex) for ex in stage.examples]}
+        if eval_rows:
+            splits["validation"] = list(eval_rows)
+        register_examples_task(name, splits, metric_fns=metric_fns)
+        stage_dir = os.path.join(model_dir, f"stage_{position + 1}")
+        seen: dict[str, str] = {}
+        base = chain_transform(model_transform, previous_state, trainable)
+
+        def recording_transform(m, _base=base, _seen=seen):
+            m = _base(m)
+            _seen["digest"] = params_digest(nnx.state(m, trainable))
+            return m
+
+        resumed = os.path.isdir(os.path.join(stage_dir, "checkpoints"))
+
+        def optimizer(_n=n_steps):
+            # Each stage has its own schedule (warmup and decay over its own steps).
+            return optimizers.make_optimizer(schedule=optimizers.learning_rate_schedule(total_steps=_n))
+
+        _log.info("phased: %s, %d examples, %d steps", stage.label, len(stage.examples), n_steps)
+        result = train_fn(model_dir=stage_dir, train_steps=n_steps, mixture_or_task_name=name,
+                          model_transform=recording_transform, trainable=trainable, optimizer=optimizer,
+                          **train_kwargs)
+        start = seen.get("digest", "")
+        if previous_digest is not None and not resumed and start != previous_digest:
+            raise AssertionError(f"phased: {name} did not start from the previous stage's final parameters")
+        model = result.model
+        previous_state = nnx.state(model, trainable)
+        previous_digest = params_digest(previous_state)
+        records.append(StageRecord(index=stage.index, label=stage.label, num_examples=len(stage.examples),
+                                   steps=n_steps, start_digest=start, end_digest=previous_digest,
+                                   model_dir=stage_dir))
+    return model, records
+
+
+def proportional_steps(total: int, sizes: Sequence[int]) -> list[int]:
+    """``total`` steps split over stages in proportion to their sizes (largest remainders; at least one each)."""
+    if not sizes or sum(sizes) <= 0:
+        raise UserError("phased: no examples to schedule")
+    n = sum(sizes)
+    exact = [total * s / n for s in sizes]
+    steps = [max(1, int(math.floor(x))) for x in exact]
+    order = sorted(range(len(sizes)), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True)
+    for i in order:
+        if sum(steps) >= total:
+            break
+        steps[i] += 1
+    return steps
+
+
+def mean_log_likelihood(targets: Sequence[Any], scores: Sequence[float]) -> dict[str, float]:
+    """Mean target log-likelihood of held-out responses (higher is better)."""
+    del targets
+    return {"log_likelihood": float(np.mean(scores)) if len(scores) else float("nan")}
+
+
+def win_rate_metric(judge: Any, instructions: Sequence[str]) -> Callable[..., dict[str, float]]:
+    """A seqio predict metric: the student's responses against the reference responses, judged both ways."""
+    from fiat_jax.methods.winrate import pairwise_win_rate
+
+    def win_rate(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+        totals, _ = pairwise_win_rate(judge, list(instructions)[:len(predictions)],
+                                      [str(p) for p in predictions], [str(t) for t in targets])
+        return totals.as_dict()
+
+    return win_rate
+
+
+@gin.configurable(denylist=["train_fn"])
+def phased_method(*, model_dir: str, train_steps: int, task_feature_lengths: Mapping[str, int],
+                  mixture_or_task_name: str = "alpaca_scored", num_train_examples: int | None = None,
+                  num_eval_examples: int | None = 32, eval_split: str = "validation",
+                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS, control: str = "none",
+                  steps_per_stage: int | Sequence[int] | None = None, score_key: str = "score", seed: int = 0,
+                  judge: Any = None, initial_params: Callable | None = None, model_transform: Callable | None = None,
+                  trainable: Any = None, eval_batch_size: int = 16, write_results: bool = True,
+                  train_fn: Callable[..., Any] | None = None) -> dict[str, dict[str, float]]:
+    """Phased instruction tuning end to end: stages from difficulty scores (checked before any training), stage
+    after stage from the previous stage's parameters, then held-out log-likelihood (and win rate against the
+    reference responses when a ``judge`` teacher is bound)."""
+    from fiat_jax.methods import common, results as results_lib, student
+
+    if train_fn is None:
+        from fiat_jax.train.trainer import train as train_fn
+    for hook, value in (("model_transform", model_transform), ("trainable", trainable)):
+        if value is None and common.gin_bound(f"train.{hook}"):
+            raise UserError(f"phased: train.{hook} is bound in gin but phased_method.{hook} is not; stages chain "
+                            f"the trainable parameters, so bind it on phased_method (macro "
+                            f"{'MODEL_TRANSFORM' if hook == 'model_transform' else 'TRAINABLE'})")
+    common.check_student(train_fn, "phased")
+    train_ex = common.split_examples(mixture_or_task_name, "train", limit=num_train_examples)
+    examples = [ex for rows in train_ex.values() for ex in rows]
+    stages = assign_stages(examples, thresholds=thresholds, score_key=score_key, control=control, seed=seed)
+    eval_ex = common.split_examples(mixture_or_task_name, eval_split, limit=num_eval_examples)
+    eval_rows = [{"inputs": ex["inputs"], "targets": ex["targets"]} for rows in eval_ex.values() for ex in rows]
+    if steps_per_stage is None:
+        steps_per_stage = proportional_steps(int(train_steps), [len(s.examples) for s in stages])
+    metric_fns: list[Callable] = [mean_log_likelihood]
+    if judge is not None:
+        metric_fns.append(win_rate_metric(judge, [r["inputs"] for r in eval_rows]))
+    _log.info("phased: %s", ", ".join(f"{s.label}: {len(s.examples)}" for s in stages))
+    model, records = train_stages(
+        stages, model_dir=model_dir, steps_per_stage=steps_per_stage, train_fn=train_fn,
+        to_row=lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]}, model_transform=model_transform,
+        trainable=trainable, task_feature_lengths=task_feature_lengths, initial_params=initial_params,
+        eval_fn=None, register_tasks=None)
+    metrics = {mixture_or_task_name: student.evaluate_rows(
+        model, name="phased_eval", rows=eval_rows, metric_fns=metric_fns, postprocess_fn=None,
+        task_feature_lengths=task_feature_lengths, batch_size=eval_batch_size,
+        predictions_dir=os.path.join(model_dir, "predictions"))}
+    if write_results:
+        results_lib.write_results(model_dir, metrics=metrics, method="phased_ift", control=control,
+                                  thresholds=list(thresholds),
+                                  stages=[dataclasses.asdict(r) for r in records])
+    return metrics
