@@ -117,13 +117,16 @@ def _method_entry(name: str, entry: Any) -> tuple[list[str], list[tuple[str, Any
 
 def plan(*, methods: Mapping[str, Any], grid: Mapping[str, Sequence[Any]] | None = None,
          gin_axes: Mapping[str, Mapping[str, Sequence[str]]] | None = None, seeds: Sequence[int] = (0,),
-         seed_binding: str = "SEED", base_gin_files: Sequence[str] = (), overlay_gin_files: Sequence[str] = (),
-         bindings: Mapping[str, Any] | None = None, subcommand: str | Sequence[str] = "run") -> list[RunSpec]:
+         seed_binding: str = "SEED", base_gin_files: Sequence[str] = (), setup_gin_files: Sequence[str] = (),
+         overlay_gin_files: Sequence[str] = (), bindings: Mapping[str, Any] | None = None,
+         subcommand: str | Sequence[str] = "run") -> list[RunSpec]:
     """Every run of the grid, in a stable order (methods, gin axes, binding axes in order, then seeds).
 
     ``gin_axes`` are axes whose values are gin files rather than bindings (e.g. model sizes:
     ``{'MODEL': {'small': ['models/t5_small.gin'], 'base': ['models/t5_base.gin']}}``); their files come after
-    the method's, and the value's name is recorded in the run's params. ``overlay_gin_files`` come last of all
+    the method's, and the value's name is recorded in the run's params. ``setup_gin_files`` (the task set-up:
+    task, teacher, lengths) come right after the method's files so they override the method's defaults.
+    ``overlay_gin_files`` come last of all
     (e.g. ``runs/local_tiny.gin``, which must override whatever the method sets).
     """
     if not methods:
@@ -155,8 +158,8 @@ def plan(*, methods: Mapping[str, Any], grid: Mapping[str, Sequence[Any]] | None
                       **dict(zip(grid, point))}
             for seed in seeds:
                 run_bindings = fixed + method_bindings + list(dict(zip(grid, point)).items()) + [(seed_binding, seed)]
-                gin_files = (tuple(base_gin_files) + tuple(method_files) + tuple(axis_files)
-                             + tuple(overlay_gin_files))
+                gin_files = (tuple(base_gin_files) + tuple(method_files) + tuple(setup_gin_files)
+                             + tuple(axis_files) + tuple(overlay_gin_files))
                 digest = config_hash(subcommand=subcommand, gin_files=gin_files, bindings=run_bindings)
                 label = "-".join([name] + [f"{k}={_short(v)}" for k, v in params.items()] + [f"seed={seed}"])
                 run_id = f"{_slug(label)}-{digest[:8]}"
@@ -367,7 +370,7 @@ def sweep(*, sweep_dir: str = gin.REQUIRED, methods: Mapping[str, Any] = gin.REQ
           gin_axes: Mapping[str, Mapping[str, Sequence[str]]] | None = None, seeds: Sequence[int] = (0,),
           seed_binding: str = "SEED", size_binding: str = "NUM_TRAIN_EXAMPLES",
           language_binding: str | None = None, base_gin_files: Sequence[str] = (),
-          overlay_gin_files: Sequence[str] = (), bindings: Mapping[str, Any] | None = None,
+          setup_gin_files: Sequence[str] = (), overlay_gin_files: Sequence[str] = (), bindings: Mapping[str, Any] | None = None,
           subcommand: str | Sequence[str] = "run", command: Sequence[str] = ("-m", "fiat_jax.cli"),
           python: str | None = None,
           gin_search_paths: Sequence[str] = (), parallel: int = 1, timeout_s: float | None = None,
@@ -385,6 +388,8 @@ def sweep(*, sweep_dir: str = gin.REQUIRED, methods: Mapping[str, Any] = gin.REQ
       language_binding: a grid axis holding the language (or languages) of each run, if the grid has one; the
         report treats it as the per-language breakdown instead of as a variant.
       base_gin_files / bindings: shared by every run (before the method's files / bindings).
+      setup_gin_files: the task set-up shared by every run (``runs/fiat_mgsm.gin``), right after the method's
+        files so its macros (task, teacher, lengths) override the method's defaults.
       overlay_gin_files: shared by every run, after all other files (``runs/local_tiny.gin``).
       subcommand / command / python: argv is ``python *command subcommand --gin_file=... --gin.MODEL_DIR=...``;
         a list of subcommands (``['train', 'eval']``) runs them one after the other with the same flags.
@@ -404,7 +409,8 @@ def sweep(*, sweep_dir: str = gin.REQUIRED, methods: Mapping[str, Any] = gin.REQ
         raise UserError(f"sweep.parallel must be 1 on a multi-host job (FIAT_NUM_PROCESSES={workers}): every host "
                         "must start the same run at the same time")
     runs = plan(methods=methods, grid=grid, gin_axes=gin_axes, seeds=seeds, seed_binding=seed_binding,
-                base_gin_files=base_gin_files, overlay_gin_files=overlay_gin_files, bindings=bindings,
+                base_gin_files=base_gin_files, setup_gin_files=setup_gin_files,
+                overlay_gin_files=overlay_gin_files, bindings=bindings,
                 subcommand=subcommand)
     resolved = resolve_gin_files(runs, gin_search_paths)
     python = python or sys.executable
