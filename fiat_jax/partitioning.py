@@ -175,7 +175,8 @@ def _fit_to_shape(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, what: s
     return PartitionSpec(*fitted)
 
 
-def _path_str(path: Sequence[Any]) -> str:
+def path_str(path: Sequence[Any]) -> str:
+    """``a/b/0/kernel`` from a jax/nnx tree path (dict keys, attributes, sequence indices)."""
     parts = []
     for key in path:
         for attr in ("key", "name", "idx"):
@@ -205,7 +206,7 @@ def param_shardings(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
         value = leaf.get_value() if var is not None else leaf
         shape = tuple(getattr(value, "shape", ()))
         names = var.get_metadata().get("out_sharding") if var is not None else None
-        where = _path_str(path)
+        where = path_str(path)
         if names is None:
             if var is not None and isinstance(var, nnx.Param) and len(shape) > 0:
                 problems.append(f"{where} {shape} carries no logical axis names")

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from fiat_jax.errors import UserError
@@ -128,31 +128,40 @@ def _eval_rows(row: Mapping[str, Any]) -> list[tuple[str, dict[str, float]]]:
     return list(found.items())
 
 
-def _from_metrics_jsonl(path: pathlib.Path) -> RunResults:
-    last_step, metrics = None, {}
-    tokens = params = None
+def iter_jsonl(path: str | os.PathLike, *, on_malformed: Any = None) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """``(line number, row)`` of a JSONL file written by appends; a line cut short by a kill (or any line that is
+    not a JSON object) is skipped, reported through ``on_malformed(line_number)`` when given."""
     with open(path) as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut short by a kill
+                row = None
             if not isinstance(row, Mapping):
+                if on_malformed is not None:
+                    on_malformed(number)
                 continue
-            tokens = row.get("tokens_seen", tokens)
-            params = row.get("params_trained", params)
-            pairs = [(lang, values) for lang, values in _eval_rows(row) if values]
-            if not pairs:
-                continue
-            step = row.get("step", 0)
-            if last_step is None or step > last_step:  # a later evaluation replaces the earlier ones
-                last_step, metrics = step, {}
-            if step == last_step:
-                for lang, values in pairs:
-                    metrics.setdefault(lang, {}).update(values)
+            yield number, row
+
+
+def _from_metrics_jsonl(path: pathlib.Path) -> RunResults:
+    last_step, metrics = None, {}
+    tokens = params = None
+    for _, row in iter_jsonl(path):
+        tokens = row.get("tokens_seen", tokens)
+        params = row.get("params_trained", params)
+        pairs = [(lang, values) for lang, values in _eval_rows(row) if values]
+        if not pairs:
+            continue
+        step = row.get("step", 0)
+        if last_step is None or step > last_step:  # a later evaluation replaces the earlier ones
+            last_step, metrics = step, {}
+        if step == last_step:
+            for lang, values in pairs:
+                metrics.setdefault(lang, {}).update(values)
     return RunResults(metrics=metrics, tokens_seen=_int_or_none(tokens), params_trained=_int_or_none(params),
                       extra={"step": last_step} if last_step is not None else {})
 

@@ -242,18 +242,10 @@ def read_results(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows: dict[str, dict[str, Any]] = {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                # A line cut short by a crash mid-write: the run's DONE marker restores it on the next sweep.
-                _log.warning("%s:%d: skipping a malformed line", path, number)
-                continue
-            rows[row.get("config_hash") or row.get("run_id") or str(number)] = row
+    # A line cut short by a crash mid-write is skipped: the run's DONE marker restores it on the next sweep.
+    for number, row in run_results.iter_jsonl(
+            path, on_malformed=lambda n: _log.warning("%s:%d: skipping a malformed line", path, n)):
+        rows[row.get("config_hash") or row.get("run_id") or str(number)] = dict(row)
     return list(rows.values())
 
 

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fiat_jax import partitioning
+
 from fiat_jax.errors import UserError
 
 DECAYS = ("constant", "cosine", "linear", "rsqrt")
@@ -61,24 +63,12 @@ def learning_rate_schedule(*, base_learning_rate: float = 1e-3, warmup_steps: in
     return schedule
 
 
-def _path_name(path: Sequence[Any]) -> str:
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
-
-
 def decay_mask(params: Any, *, exclude: Sequence[str] = (), min_ndim: int = 2) -> Any:
     """True for the leaves that get weight decay: at least ``min_ndim`` dims and no ``exclude`` regex match."""
     patterns = [re.compile(p) for p in exclude]
 
     def one(path, leaf):
-        name = _path_name(path)
+        name = partitioning.path_str(path)
         return bool(getattr(leaf, "ndim", 0) >= min_ndim and not any(p.search(name) for p in patterns))
 
     return jax.tree_util.tree_map_with_path(one, params)
