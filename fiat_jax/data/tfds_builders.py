@@ -14,6 +14,7 @@ of that split (XCOPA trains on its 100 validation items). Every example carries 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -89,6 +90,18 @@ class _LocalFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         else:
             out = {name: splits.with_ranks(rows, seed=self._seed, split=name) for name, rows in native.items()}
         return {name: self._generate_examples(rows) for name, rows in out.items()}
+
+    def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
+        """Prepare under an exclusive file lock, so concurrent first preparations (test workers, the processes
+        of a multi-host run) wait for one another instead of racing; TFDS skips the work once it is done."""
+        root = os.fspath(self._data_dir_root)
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, f".{self.name}.{self.builder_config.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                super().download_and_prepare(*args, **kwargs)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _generate_examples(self, rows):
         for row in rows:
