@@ -39,7 +39,7 @@ setup(
     description="Fusing in-context learning and parameter-efficient fine-tuning, JAX/TPU native.",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["fiat_jax", "fiat_jax.*", "tasks", "tasks.*"]),
-    package_data={"fiat_jax": ["recipes/*.txt", "recipes/*.json"]},
+    package_data={"fiat_jax": ["recipes/*.txt", "recipes/*.json", "teachers/recipes/*.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["fiat=fiat_jax.cli:main"]},

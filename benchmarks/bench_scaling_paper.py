@@ -95,7 +95,8 @@ def model_config(name: str) -> tuple[object, str]:
 
         with gin.unlock_config():
             gin.clear_config()
-            gin.parse_config_files_and_bindings([str(gin_file)], None, skip_unknown=True)
+            gin.parse_config_files_and_bindings([str(gin_file)], None, skip_unknown=True,
+                                                finalize_config=False)  # CHECKPOINT may be REQUIRED
             try:
                 config = T5Config() if kind == "t5" else DecoderConfig()
             finally:

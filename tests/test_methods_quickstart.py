@@ -3,6 +3,7 @@ SmolLM2-135M-Instruct as teacher and LoRA student. The full run needs the models
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 
 import gin
@@ -41,8 +42,8 @@ def _missing() -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.xfail(bool(_missing()), reason=f"needs {', '.join(_missing())} (other areas, not landed)",
-                   strict=False, run=not _missing())
+@pytest.mark.skipif(not os.environ.get("FIAT_RUN_QUICKSTART"),
+                    reason="the full quickstart takes ~10 min on 2 cores: set FIAT_RUN_QUICKSTART=1 (make run runs it)")
 def test_quickstart_runs_under_ten_minutes(tmp_path, shared_data_dir, capsys):
     from fiat_jax.methods import run
 

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from fiat_jax.models import build_model, decoding
 from fiat_jax.models.decoder import DecoderConfig

@@ -88,7 +88,9 @@ def lazy_call(*, target: str, kwargs: Mapping[str, Any] | None = None) -> Any:
 
     module_name, _, attr = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        # The config is locked by now: a module imported late may still register its own configurables.
+        with gin.unlock_config():
+            module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         raise UserError(f"{target}: module {module_name} is not in this build ({err})") from err
     if not hasattr(module, attr):

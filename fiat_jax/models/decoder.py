@@ -61,6 +61,9 @@ class DecoderConfig:
     head_dim: int = 64
     mlp_dim: int = 1536
     rope_theta: float = 100000.0
+    # Llama 3.1/3.2 RoPE rescaling (HF rope_scaling rope_type "llama3"): (factor, low_freq_factor,
+    # high_freq_factor, original_max_position_embeddings); None = plain RoPE.
+    rope_scaling: tuple[float, ...] | None = None
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     max_length: int = 8192
@@ -77,7 +80,8 @@ class DecoderLayer(nnx.Module):
         self.pre_attention_layer_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **kw)
         self.attention = layers.Attention(cfg.d_model, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
                                           head_dim=cfg.head_dim, query_scale=cfg.head_dim ** -0.5,
-                                          rope_theta=cfg.rope_theta, dropout_rate=cfg.dropout_rate, **kw)
+                                          rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling,
+                                          dropout_rate=cfg.dropout_rate, **kw)
         self.pre_mlp_layer_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **kw)
         self.mlp = layers.MlpBlock(cfg.d_model, cfg.mlp_dim, activations=cfg.mlp_activations,
                                    dropout_rate=cfg.dropout_rate, **kw)

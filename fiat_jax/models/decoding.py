@@ -174,15 +174,36 @@ def _generate_jit(graphdef: nnx.GraphDef, state: Any, tokens: Array, mask: Array
     return out, i
 
 
+def _check_context(model: Any, prompt_len: int, max_new_tokens: int) -> None:
+    """A decoder-only model's ``config.max_length`` bounds prompt + generated tokens (its trained context):
+    beyond it positions were never seen, so refuse with one clear error instead of generating garbage."""
+    if getattr(model, "model_kind", "decoder") == "encoder_decoder":
+        return
+    limit = getattr(getattr(model, "config", None), "max_length", None)
+    if not isinstance(limit, int):
+        return
+    if prompt_len >= limit:
+        raise UserError(f"the prompt has {prompt_len} tokens but the model's context is {limit} "
+                        f"(config.max_length): shorten the prompt")
+    if prompt_len + max_new_tokens > limit:
+        raise UserError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                        f"context of {limit} tokens (config.max_length): ask for at most "
+                        f"{limit - prompt_len} new tokens or shorten the prompt")
+
+
 def generate(model: Any, prompts: TokenRows, *, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, rng: Array | None = None,
              eos_id: int | None = None, callback: Callable[[np.ndarray], Any] | None = None,
-             prompt_lengths: Sequence[int] | None = None, prefix_bidirectional: bool = False) -> GenerateResult:
+             prompt_lengths: Sequence[int] | None = None, prefix_bidirectional: bool = False,
+             min_batch: int = 1, min_prompt_length: int = 1) -> GenerateResult:
     """Generate up to ``max_new_tokens`` per prompt.
 
     ``prompts``: ragged token lists, or a ``[B, L]`` array (all of each row, or its first ``prompt_lengths[i]``).
     ``temperature=0`` is greedy; ``top_k`` / ``top_p`` restrict sampling. Rows stop at ``eos_id``.
     ``prefix_bidirectional``: attend the prompt bidirectionally (decoder-only students trained as prefix LMs).
+    ``min_batch`` / ``min_prompt_length``: pad the batch at least this far (then up to its power-of-two bucket)
+    and prompts to exactly ``min_prompt_length`` when all fit, so a caller with many batches of one known maximum
+    shape (the evaluator) compiles once, without padding its longest prompts further.
     """
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -193,8 +214,11 @@ def generate(model: Any, prompts: TokenRows, *, max_new_tokens: int, temperature
     rows = _rows(prompts, prompt_lengths, "prompts")
     if any(len(r) == 0 for r in rows):
         raise UserError("generate: a prompt is empty")
+    _check_context(model, max(len(r) for r in rows), max_new_tokens)
     n = len(rows)
-    batch, length = _batch_bucket(n), bucket_size(max(len(r) for r in rows))
+    batch = _batch_bucket(max(n, min_batch))
+    longest = max(len(r) for r in rows)
+    length = min_prompt_length if 1 < min_prompt_length and longest <= min_prompt_length else bucket_size(longest)
     left = getattr(model, "model_kind", "decoder") != "encoder_decoder"
     tokens, mask = _pack(rows, batch, length, left=left)
     graphdef, state = nnx.split(model)

@@ -86,18 +86,14 @@ def _load_gguf(path: str) -> Pretrained:
 
 @functools.lru_cache(maxsize=4)
 def _load_hf_dir(path: str) -> Pretrained:
-    from fiat_jax.models import checkpoint_import as ci, vocabularies
+    from fiat_jax.models import checkpoint_import as ci
 
     folder = pathlib.Path(path)
     config = ci.config_from_hf(folder / "config.json")
     flat, unknown = ci.read_hf_params(folder)
     if unknown:
         raise UserError(f"{path}: tensors with no place in the model: {', '.join(unknown[:8])}")
-    vocab = None
-    if (folder / "tokenizer.json").exists():
-        vocab = vocabularies.hf_tokenizer_vocabulary(folder)
-    elif (folder / "spiece.model").exists():
-        vocab = vocabularies.sentencepiece_vocabulary(folder / "spiece.model")
+    vocab = _dir_vocabulary(folder)
     template = None
     cfg_path = folder / "tokenizer_config.json"
     if cfg_path.exists():
@@ -137,16 +133,92 @@ def load_embedded() -> Pretrained:
     return load_pretrained(EMBEDDED_SOURCE)
 
 
+def _dir_vocabulary(folder: pathlib.Path, *, extra_ids: int = 0) -> Any:
+    """The tokenizer stored in a checkpoint directory (``tokenizer.json`` or ``spiece.model``), else None."""
+    from fiat_jax.models import vocabularies
+
+    if (folder / "tokenizer.json").exists():
+        return vocabularies.hf_tokenizer_vocabulary(folder)
+    if (folder / "spiece.model").exists():
+        return vocabularies.sentencepiece_vocabulary(folder / "spiece.model", extra_ids=extra_ids)
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _vocabulary_of(source: str, extra_ids: int) -> Any:
+    from fiat_jax.models import vocabularies
+
+    path = pathlib.Path(source).expanduser()
+    if source.startswith("embedded:") or path.suffix == ".gguf":
+        return load_pretrained(source).vocabulary
+    if path.suffix == ".model":
+        return vocabularies.sentencepiece_vocabulary(path, extra_ids=extra_ids)
+    if path.is_dir():
+        vocab = _dir_vocabulary(path, extra_ids=extra_ids)
+        if vocab is not None:
+            return vocab
+        raise UserError(f"no tokenizer (tokenizer.json or spiece.model) in {path}: set VOCABULARY to a "
+                        f"SentencePiece .model file or a directory holding one (--gin.VOCABULARY=...)")
+    if not path.exists():
+        raise UserError(f"VOCABULARY {source!r} not found (expected 'embedded:{EMBEDDED_NAME}', a .gguf file, a "
+                        f"SentencePiece .model file or a checkpoint directory with a tokenizer)")
+    raise UserError(f"VOCABULARY {source!r}: not a tokenizer (.gguf, .model or a directory holding one)")
+
+
+@gin.configurable
+def checkpoint_vocabulary(*, source: str = EMBEDDED_SOURCE, extra_ids: int = 0) -> Any:
+    """``get_vocabulary.vocabulary = @checkpoint_vocabulary()``: the tokenizer of a checkpoint, as a seqio
+    Vocabulary. ``source``: the embedded model, a GGUF file, a SentencePiece ``.model`` file (``extra_ids``
+    sentinels appended, T5 uses 100) or a checkpoint directory with ``tokenizer.json`` / ``spiece.model``.
+    Cached per process (gin calls it once per ``get_vocabulary``)."""
+    return _vocabulary_of(str(source), int(extra_ids))
+
+
+# Config fields that change the computation; a pretrained checkpoint must agree on all of them with the model gin.
+_MATH_FIELDS = ("vocab_size", "d_model", "num_layers", "num_encoder_layers", "num_decoder_layers", "num_heads",
+                "num_kv_heads", "head_dim", "mlp_dim", "mlp_activations", "rope_theta", "norm_eps",
+                "tie_embeddings", "scale_tied_logits", "rope_scaling", "relative_attention_num_buckets",
+                "relative_attention_max_distance")
+
+
+def check_config_matches(model_config: Any, checkpoint_config: Any, *, source: str) -> None:
+    """One UserError listing every architecture field where the model (from gin) and the checkpoint differ:
+    shapes alone would let, say, a different ``rope_theta`` load and compute nonsense."""
+    if type(model_config).__name__ != type(checkpoint_config).__name__:
+        raise UserError(f"{source}: checkpoint is a {type(checkpoint_config).__name__} model but the model gin "
+                        f"builds a {type(model_config).__name__}")
+    diffs = []
+    for name in _MATH_FIELDS:
+        if hasattr(model_config, name) and hasattr(checkpoint_config, name):
+            mine, theirs = getattr(model_config, name), getattr(checkpoint_config, name)
+            if isinstance(mine, float) or isinstance(theirs, float):
+                same = abs(float(mine) - float(theirs)) <= 1e-9 * max(1.0, abs(float(theirs)))
+            else:
+                same = (tuple(mine) == tuple(theirs)) if isinstance(mine, (list, tuple)) else mine == theirs
+            if not same:
+                diffs.append(f"{name}: model {mine!r} vs checkpoint {theirs!r}")
+    if diffs:
+        raise UserError(f"{source}: checkpoint does not match the model's architecture ({'; '.join(diffs)}); "
+                        f"use the model gin for this checkpoint")
+
+
 @gin.configurable
 def pretrained_params(model: Any, *, checkpoint: str = EMBEDDED_SOURCE) -> None:
     """``train.initial_params = @pretrained_params``: write ``checkpoint``'s weights into a freshly built model
-    (strict, shardings kept). Any checkpoint :func:`load_pretrained` or ``checkpoint_import.load_params`` reads."""
+    (strict, shardings kept). Any checkpoint :func:`load_pretrained` or ``checkpoint_import.load_params`` reads;
+    a checkpoint that carries its config (GGUF, HF) must also agree with the model's config."""
     from fiat_jax.models import checkpoint_import as ci
 
     path = pathlib.Path(str(checkpoint)).expanduser()
     if str(checkpoint).startswith("embedded:") or path.suffix == ".gguf" or (path / "config.json").exists():
-        ci.load_into(model, load_pretrained(str(checkpoint)).params, source=str(checkpoint))
+        pre = load_pretrained(str(checkpoint))
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "d_model"):
+            check_config_matches(config, pre.config, source=str(checkpoint))
+        ci.load_into(model, pre.params, source=str(checkpoint))
     else:  # T5X / orbax / our-names safetensors
+        if not path.exists():
+            raise UserError(f"CHECKPOINT {str(checkpoint)!r} not found")
         ci.load_into(model, ci.load_params(path, model), source=str(checkpoint))
 
 

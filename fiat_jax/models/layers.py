@@ -140,10 +140,26 @@ class MlpBlock(nnx.Module):
 # Positions
 
 
-def apply_rope(x: Array, positions: Array, *, theta: float) -> Array:
+def rope_inverse_frequencies(d: int, *, theta: float, llama3_scaling: Sequence[float] | None = None) -> Array:
+    """``[d/2]`` rotary frequencies; ``llama3_scaling = (factor, low_freq_factor, high_freq_factor,
+    original_max_length)`` applies Llama 3.1/3.2's long-context rescaling (HF ``rope_type="llama3"``): long
+    wavelengths divided by ``factor``, short ones kept, the band between interpolated."""
+    inv = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    if llama3_scaling is None:
+        return inv
+    factor, low, high, original = (float(v) for v in llama3_scaling)
+    wavelen = 2 * math.pi / inv
+    scaled = jnp.where(wavelen > original / low, inv / factor, inv)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: Array, positions: Array, *, theta: float, llama3_scaling: Sequence[float] | None = None) -> Array:
     """Rotary embedding, HF-Llama "rotate half" layout. ``x [B, T, H, D]``, ``positions [B, T]``."""
     d = x.shape[-1]
-    inv = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    inv = rope_inverse_frequencies(d, theta=theta, llama3_scaling=llama3_scaling)
     ang = positions.astype(jnp.float32)[..., None] * inv  # [B, T, D/2]
     cos, sin = jnp.cos(ang)[:, :, None, :], jnp.sin(ang)[:, :, None, :]
     xf = x.astype(jnp.float32)
@@ -242,13 +258,15 @@ class Attention(nnx.Module):
     """Multi-head (grouped-query) attention with T5X parameter layout and an optional functional KV cache."""
 
     def __init__(self, d_model: int, *, num_heads: int, num_kv_heads: int | None = None, head_dim: int,
-                 query_scale: float | None = None, rope_theta: float | None = None, dropout_rate: float = 0.0,
+                 query_scale: float | None = None, rope_theta: float | None = None,
+                 rope_scaling: Sequence[float] | None = None, dropout_rate: float = 0.0,
                  dtype: DType = jnp.float32, param_dtype: DType = jnp.float32, rngs: nnx.Rngs):
         kvh = num_kv_heads or num_heads
         if num_heads % kvh:
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {kvh}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, kvh, head_dim
         self.query_scale, self.rope_theta, self.dtype = query_scale, rope_theta, dtype
+        self.rope_scaling = None if rope_scaling is None else tuple(float(v) for v in rope_scaling)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         # T5X: query init scaled by 1/sqrt(head_dim) instead of scaling the logits.
         q_scale = 1.0 / head_dim if query_scale is None else 1.0
@@ -262,7 +280,7 @@ class Attention(nnx.Module):
     def project_kv(self, x_kv: Array, positions: Array | None = None) -> tuple[Array, Array]:
         k, v = self.key(x_kv), self.value(x_kv)
         if self.rope_theta is not None:
-            k = apply_rope(k, positions, theta=self.rope_theta)
+            k = apply_rope(k, positions, theta=self.rope_theta, llama3_scaling=self.rope_scaling)
         return k, v
 
     def __call__(self, x_q: Array, x_kv: Array | None = None, *, mask: Array | None = None,
@@ -275,7 +293,7 @@ class Attention(nnx.Module):
         (``mask`` must then be ``[B, 1, Tq, S]``). Returns ``(out [B, Tq, d_model], new cache or None)``."""
         q = self.query(x_q)
         if self.rope_theta is not None:
-            q = apply_rope(q, q_positions, theta=self.rope_theta)
+            q = apply_rope(q, q_positions, theta=self.rope_theta, llama3_scaling=self.rope_scaling)
         if self.query_scale is not None:
             q = q * jnp.asarray(self.query_scale, q.dtype)
         if kv is None:

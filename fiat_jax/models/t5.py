@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import gin
-import jax
 import jax.numpy as jnp
 from flax import nnx
 

@@ -5,9 +5,14 @@ predictions, scores targets, lets seqio compute the task's metric functions, wri
 ``MODEL_DIR/predictions/<task>-<step>.jsonl`` (input, target, prediction, score) and the metrics to
 ``metrics.jsonl`` / TensorBoard under ``eval``, plus a ``mean/<metric>`` over tasks.
 
-Decoding is a jitted greedy loop that recomputes ``logits_from_batch`` over the fixed-length batch at each step:
-correct for any model honouring the contract (enc-dec and prefix LM), O(T^2). The KV-cache decoder
-(``fiat_jax.models.decoding``) had not landed when this was written; plug it in ``ModelRunner`` when it does.
+Prediction is greedy decoding with the KV cache (:func:`fiat_jax.models.decoding.generate`: batched, prompt
+lengths and batch sizes bucketed, prefill once, one token per step, stops when every row has emitted the task's
+EOS). Decoder-only (prefix-LM) batches carry inputs and targets concatenated: only the prompt part (the
+``decoder_causal_attention`` span: the start token 0 and the inputs) is fed, attended bidirectionally as in
+training. Models without the cache interface (``init_cache``; e.g. minimal test models that only implement
+``logits_from_batch``) fall back to a jitted greedy loop that recomputes ``logits_from_batch`` over the whole
+fixed-length batch at every step (O(T^2)). Scoring (target log-likelihood) is one teacher-forced
+``logits_from_batch`` pass.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ EOS_ID = 1
 # ---------------------------------------------------------------------------------------------------------------
 # Batched model functions (jitted once per shape; graphdef closed over).
 def _make_fns(graphdef: nnx.GraphDef, *, model_kind: str, max_decode_len: int) -> tuple[Callable, Callable]:
-    """``(predict(state, batch) -> tokens [B, T], score(state, batch) -> loglik [B])``."""
+    """``(predict(state, batch, eos_id) -> tokens [B, T], score(state, batch) -> loglik [B])``: the
+    full-recompute fallback for models without a KV cache, and the teacher-forced scorer."""
 
     def logits(state, batch):
         model = nnx.merge(graphdef, state)
@@ -51,7 +57,7 @@ def _make_fns(graphdef: nnx.GraphDef, *, model_kind: str, max_decode_len: int) -
         return jnp.sum(tok * weights, axis=-1)
 
     @jax.jit
-    def predict_encdec(state, batch):
+    def predict_encdec(state, batch, eos):
         enc = batch["encoder_input_tokens"]
         b, t_out = enc.shape[0], batch["decoder_target_tokens"].shape[1]
         steps = min(max_decode_len, t_out)
@@ -65,14 +71,14 @@ def _make_fns(graphdef: nnx.GraphDef, *, model_kind: str, max_decode_len: int) -
             dec_in = jnp.where(t + 1 < t_out,
                                jax.lax.dynamic_update_index_in_dim(dec_in, nxt, jnp.minimum(t + 1, t_out - 1), axis=1),
                                dec_in)
-            return dec_in, out, done | (nxt == EOS_ID)
+            return dec_in, out, done | (nxt == eos)
 
         zeros = jnp.zeros((b, t_out), jnp.int32)
         _, out, _ = jax.lax.fori_loop(0, steps, body, (zeros, zeros, jnp.zeros((b,), bool)))
         return out
 
     @jax.jit
-    def predict_decoder(state, batch):
+    def predict_decoder(state, batch, eos):
         # Prefix LM: decoder_causal_attention covers the inputs plus the first target position.
         causal = batch["decoder_causal_attention"]
         b, length = causal.shape
@@ -90,7 +96,7 @@ def _make_fns(graphdef: nnx.GraphDef, *, model_kind: str, max_decode_len: int) -
             nxt = jnp.where(done | (prefix + t >= length), 0, nxt).astype(jnp.int32)
             seq = jnp.where(positions == pos[:, None], nxt[:, None], seq)
             out = jax.lax.dynamic_update_index_in_dim(out, nxt, t, axis=1)
-            return seq, out, done | (nxt == EOS_ID)
+            return seq, out, done | (nxt == eos)
 
         out0 = jnp.zeros((b, max_decode_len), jnp.int32)
         _, out, _ = jax.lax.fori_loop(0, max_decode_len, body, (seq, out0, jnp.zeros((b,), bool)))
@@ -112,29 +118,81 @@ def _batches(ds: Any, batch_size: int) -> Any:
         yield indices, feats, len(chunk)
 
 
+def has_kv_cache(model: nnx.Module) -> bool:
+    """Whether ``model`` (looking through wrappers that keep the real model as ``.model``, like PEFT's) has the
+    cache interface :func:`fiat_jax.models.decoding.generate` drives."""
+    inner = model
+    while isinstance(vars(inner).get("model"), nnx.Module):
+        inner = vars(inner)["model"]
+    needed = ("init_cache", "encode", "decode") if getattr(model, "model_kind", "decoder") == "encoder_decoder" \
+        else ("init_cache",)
+    return all(callable(getattr(inner, name, None)) for name in needed)
+
+
+def prompt_rows(feats: Mapping[str, np.ndarray], *, model_kind: str, n: int) -> list[list[int]]:
+    """The prompt of each of the first ``n`` rows of a converted batch: encoder inputs up to their last
+    non-padding token (enc-dec), or the ``decoder_causal_attention`` span of ``decoder_input_tokens`` (prefix LM:
+    start token 0 then the inputs; the targets that follow are never fed)."""
+    if model_kind == "encoder_decoder":
+        tokens = np.asarray(feats["encoder_input_tokens"])[:n]
+        lengths = [int(np.flatnonzero(row)[-1]) + 1 if np.any(row) else 1 for row in tokens]
+    else:
+        if "decoder_causal_attention" not in feats:
+            raise UserError("decoder-only evaluation needs prefix-LM batches (decoder_causal_attention): use "
+                            "seqio.PrefixLMFeatureConverter")
+        tokens = np.asarray(feats["decoder_input_tokens"])[:n]
+        lengths = [max(1, int(c)) for c in np.asarray(feats["decoder_causal_attention"])[:n].sum(axis=-1)]
+    return [row[:length].tolist() for row, length in zip(tokens, lengths)]
+
+
 class ModelRunner:
     """Predict and score with one model over seqio's enumerated eval datasets (caches both per example)."""
 
-    def __init__(self, model: nnx.Module, *, batch_size: int, max_decode_len: int):
+    def __init__(self, model: nnx.Module, *, batch_size: int, max_decode_len: int, kv_cache: bool | None = None,
+                 max_prompt_len: int = 1):
+        self.model = model
         self.kind = getattr(model, "model_kind", "decoder")
         self.graphdef, self.state = nnx.split(model)
         self.batch_size = batch_size
+        self.max_decode_len = max_decode_len
+        self.kv_cache = has_kv_cache(model) if kv_cache is None else kv_cache
+        self.max_prompt_len = max_prompt_len  # every batch padded to this bucket: one compilation per eval
         self._memo: dict[int, Any] = {}
         self._predict, self._score = _make_fns(self.graphdef, model_kind=self.kind, max_decode_len=max_decode_len)
 
-    def run(self, ds: Any) -> tuple[dict[int, list[int]], dict[int, float]]:
-        """Greedy tokens and target log-likelihoods by example index (memoised per dataset object)."""
+    def run(self, ds: Any, *, eos_id: int = EOS_ID) -> tuple[dict[int, list[int]], dict[int, float]]:
+        """Greedy tokens (``max_decode_len`` per example: EOS included, 0 after it) and target log-likelihoods by
+        example index (memoised per dataset object)."""
         key = id(ds)
         if key not in self._memo:
-            self._memo[key] = (ds, self._run(ds))
+            self._memo[key] = (ds, self._run(ds, eos_id))
         return self._memo[key][1]
 
-    def _run(self, ds: Any) -> tuple[dict[int, list[int]], dict[int, float]]:
+    def predict_batch(self, feats: Mapping[str, np.ndarray], n: int, *, eos_id: int = EOS_ID) -> np.ndarray:
+        """Greedy tokens ``[n, T]`` (``T`` = ``max_decode_len`` capped by the batch's target length) for the
+        first ``n`` rows of a converted batch."""
+        steps = min(self.max_decode_len, int(np.asarray(feats["decoder_target_tokens"]).shape[1]))
+        if not self.kv_cache:
+            batch = {k: jnp.asarray(v) for k, v in feats.items()}
+            return np.asarray(self._predict(self.state, batch, jnp.int32(eos_id)))[:n]
+        from fiat_jax.models import decoding
+
+        rows = prompt_rows(feats, model_kind=self.kind, n=n)
+        result = decoding.generate(self.model, rows, max_new_tokens=steps, temperature=0.0, eos_id=eos_id,
+                                   prefix_bidirectional=self.kind != "encoder_decoder",
+                                   min_batch=self.batch_size, min_prompt_length=self.max_prompt_len)
+        width = (int(np.asarray(feats["decoder_target_tokens"]).shape[1]) if self.kind == "encoder_decoder"
+                 else self.max_decode_len)  # the fallback loop's output widths
+        out = np.zeros((n, width), np.int32)
+        out[:, :steps] = result.tokens
+        return out
+
+    def _run(self, ds: Any, eos_id: int) -> tuple[dict[int, list[int]], dict[int, float]]:
         tokens: dict[int, list[int]] = {}
         scores: dict[int, float] = {}
         for indices, feats, n in _batches(ds, self.batch_size):
             batch = {k: jnp.asarray(v) for k, v in feats.items()}
-            out = np.asarray(self._predict(self.state, batch))[:n]
+            out = self.predict_batch(feats, n, eos_id=eos_id)
             sc = np.asarray(self._score(self.state, batch))[:n]
             for i, idx in enumerate(indices):
                 tokens[idx] = [int(t) for t in out[i]]
@@ -160,9 +218,15 @@ def evaluate_model(model: nnx.Module, *, mixture_or_task_name: str, task_feature
                                 async_compute_metrics=False)
     if not evaluator.eval_tasks:
         raise UserError(f"{mixture_or_task_name}: no task has metric functions for split {split!r}")
-    runner = ModelRunner(model, batch_size=batch_size, max_decode_len=int(task_feature_lengths["targets"]))
+    # Longest possible prompt: the inputs (enc-dec), or start token + inputs (prefix LM).
+    max_prompt = int(task_feature_lengths.get("inputs", 1)) + (0 if kind == "encoder_decoder" else 1)
+    runner = ModelRunner(model, batch_size=batch_size, max_decode_len=int(task_feature_lengths["targets"]),
+                         max_prompt_len=max_prompt)
+    eos_by_dataset = {id(evaluator._cached_model_datasets[task.name]):  # noqa: SLF001 (seqio has no getter)
+                      _eos_id(task) for task in evaluator.eval_tasks}
+
     def predict_fn(ds):
-        return sorted(runner.run(ds)[0].items())
+        return sorted(runner.run(ds, eos_id=eos_by_dataset.get(id(ds), EOS_ID))[0].items())
 
     def score_fn(ds):
         return sorted(runner.run(ds)[1].items())
@@ -186,6 +250,12 @@ def evaluate_model(model: nnx.Module, *, mixture_or_task_name: str, task_feature
     if predictions_dir is not None and jax.process_index() == 0:
         _write_predictions(evaluator, runner, pathlib.Path(predictions_dir), step)
     return flat
+
+
+def _eos_id(task: Any) -> int:
+    """The EOS id of a task's target vocabulary (seqio's 1 unless the vocabulary says otherwise)."""
+    eos = getattr(task.output_features["targets"].vocabulary, "eos_id", None)
+    return EOS_ID if eos is None else int(eos)
 
 
 def _write_predictions(evaluator: Any, runner: ModelRunner, out_dir: pathlib.Path, step: int | None) -> None:

@@ -1,0 +1,11 @@
+"""Teachers: frozen LLMs behind one small API (docs/CONTRACTS.md, "Teachers").
+
+- ``base``: the :class:`~fiat_jax.teachers.base.Teacher` protocol, per-prompt failures, streaming helper;
+- ``local``: a fiat_jax model (default the embedded SmolLM2-135M-Instruct), batched KV-cache decoding;
+- ``openai_compat``: any OpenAI chat-completions server (vLLM, llama.cpp, Ollama, hosted), with retries;
+- ``cache``: a persistent content-addressed sqlite cache and :class:`~fiat_jax.teachers.cache.CachedTeacher`;
+- ``recipes``: versioned prompt recipes (text files in ``recipes/``) and reply parsers;
+- ``teach``: ``fiat teach``, a teacher + recipe over a seqio task split, materialised to JSONL.
+
+Nothing is imported here: each module is light to import and pulls in jax / httpx only when used.
+"""

@@ -1,0 +1,117 @@
+"""The Teacher API every backend implements, plus the per-prompt failure type used when streaming.
+
+``generate`` returns text or raises; ``generate_stream`` (optional, richer) yields ``(index, text | Failure)`` in
+completion order, so ``fiat teach`` can write each row as soon as it exists and record failures per prompt
+instead of losing a whole batch to one bad reply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+from fiat_jax.errors import UserError
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """A frozen LLM. Prompts are plain user messages; backends apply their chat templates."""
+
+    @property
+    def identity(self) -> str:
+        """Backend + model, e.g. ``local:embedded:smollm2-135m-instruct``; part of every cache key."""
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+                 stop: Sequence[str] = ()) -> list[str]:
+        """One reply per prompt (greedy when ``temperature == 0``), cut before the first ``stop`` string."""
+
+    def score(self, prompt: str, options: Sequence[str]) -> list[float]:
+        """Summed log-likelihood of each option given the prompt."""
+
+
+@contextlib.contextmanager
+def late_imports() -> Iterator[None]:
+    """Lets modules imported lazily (after the CLI has locked gin) register their configurables."""
+    import gin
+
+    with gin.unlock_config():
+        yield
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """A prompt the teacher could not answer (after its retries): why, and how many attempts were made."""
+
+    reason: str
+    attempts: int = 1
+
+
+class TeacherError(UserError):
+    """Some prompts failed after their retries (``generate`` cannot return a partial list)."""
+
+
+def check_stop(stop: Sequence[str] | str) -> tuple[str, ...]:
+    """``stop`` as a tuple of non-empty strings (a lone string is one stop sequence, not its characters)."""
+    if isinstance(stop, str):
+        stop = (stop,)
+    out = tuple(str(s) for s in stop)
+    if any(not s for s in out):
+        raise UserError("teacher stop sequences must be non-empty strings")
+    return out
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to (excluding) the earliest stop string."""
+    cut = len(text)
+    for s in stop:
+        i = text.find(s)
+        if 0 <= i < cut:
+            cut = i
+    return text[:cut]
+
+
+def check_decoding(max_new_tokens: int, temperature: float) -> None:
+    if int(max_new_tokens) < 1:
+        raise UserError(f"teacher max_new_tokens must be >= 1, got {max_new_tokens}")
+    if float(temperature) < 0:
+        raise UserError(f"teacher temperature must be >= 0, got {temperature}")
+
+
+def stream(teacher: object, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+           stop: Sequence[str] = (), chunk_size: int = 8) -> Iterator[tuple[int, str | Failure]]:
+    """``(index, text | Failure)`` for every prompt: the teacher's own ``generate_stream`` when it has one, else
+    ``generate`` on chunks (an exception in a chunk marks each of its prompts as failed)."""
+    own = getattr(teacher, "generate_stream", None)
+    if own is not None:
+        yield from own(prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop)
+        return
+    for start in range(0, len(prompts), chunk_size):
+        chunk = list(prompts[start:start + chunk_size])
+        try:
+            outs = teacher.generate(chunk, max_new_tokens=max_new_tokens,  # type: ignore[attr-defined]
+                                    temperature=temperature, stop=stop)
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a backend error is recorded per prompt
+            for i in range(len(chunk)):
+                yield start + i, Failure(f"{type(err).__name__}: {err}")
+            continue
+        for i, out in enumerate(outs):
+            yield start + i, out
+
+
+def collect(results: Iterator[tuple[int, str | Failure]], n: int, *, what: str) -> list[str]:
+    """The texts of a stream in prompt order; a :class:`TeacherError` naming the first failure if any failed."""
+    out: list[str | None] = [None] * n
+    failures: list[tuple[int, Failure]] = []
+    for i, res in results:
+        if isinstance(res, Failure):
+            failures.append((i, res))
+        else:
+            out[i] = res
+    if failures:
+        i, first = min(failures, key=lambda f: f[0])
+        raise TeacherError(f"{what}: {len(failures)} of {n} prompts failed (first: prompt {i}: {first.reason})")
+    return [o if o is not None else "" for o in out]

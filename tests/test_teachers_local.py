@@ -1,0 +1,73 @@
+"""The local teacher: greedy decoding is deterministic and independent of batching (tiny model, fast), and on the
+real embedded SmolLM2-135M-Instruct gives the same greedy outputs for a fixed prompt set every run (slow)."""
+from __future__ import annotations
+
+import types
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import seqio
+
+    from fiat_jax.models import build_model
+    from fiat_jax.models.decoder import DecoderConfig
+
+    cfg = DecoderConfig(vocab_size=260, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                        mlp_dim=64, max_length=256)
+    model = build_model(config=cfg, seed=3)
+    pre = types.SimpleNamespace(vocabulary=seqio.ByteVocabulary(), chat_template=None, source="tiny")
+    return pre, model
+
+
+def _teacher(tiny, **kw):
+    from fiat_jax.teachers.local import LocalTeacher
+
+    pre, model = tiny
+    return LocalTeacher(checkpoint="tiny", pretrained=pre, model=model, **kw)
+
+
+def test_greedy_is_deterministic_and_batch_independent(tiny):
+    prompts = ["a", "hello there", "xyz xyz xyz xyz", "q"]
+    batched = _teacher(tiny, batch_size=4)
+    out = batched.generate(prompts, max_new_tokens=6)
+    assert len(out) == 4 and out == batched.generate(prompts, max_new_tokens=6)
+    single = _teacher(tiny, batch_size=1)
+    assert [single.generate([p], max_new_tokens=6)[0] for p in prompts[:2]] == out[:2]
+    # The token budget is bucketed for compilation, the outputs are not: a shorter budget is a prefix.
+    short = batched.generate(prompts, max_new_tokens=3)
+    assert all(o.startswith(s) for o, s in zip(out, short))
+    assert batched.identity == "local:tiny+raw" or batched.identity.startswith("local:tiny")
+
+
+def test_stop_and_score(tiny):
+    t = _teacher(tiny, batch_size=2)
+    full = t.generate(["abc"], max_new_tokens=8)[0]
+    if len(full) > 2:
+        stop = full[2]
+        assert t.generate(["abc"], max_new_tokens=8, stop=[stop])[0] == full[:full.index(stop)]
+    scores = t.score("abc", ["d", "de"])
+    assert len(scores) == 2 and all(s < 0 for s in scores)
+
+
+SMOLLM2_GREEDY = {  # max_new_tokens=12, greedy, chat template applied
+    "What is the capital of France?": "The capital of France is Paris.",
+    "What is 2 + 3? Answer with a number.": "2 + 3 = 5",
+}
+
+
+@pytest.mark.slow  # loads the 98 MB GGUF (~9-30 s) and compiles
+def test_smollm2_greedy_outputs_are_fixed():
+    from fiat_jax.teachers.local import local_teacher
+
+    prompts = list(SMOLLM2_GREEDY) + ["Name a primary colour."]
+    teacher = local_teacher(batch_size=4)
+    first = teacher.generate(prompts, max_new_tokens=12)
+    assert first[:2] == list(SMOLLM2_GREEDY.values())
+    again = local_teacher(batch_size=4)  # the model is loaded once per process
+    assert again.generate(prompts, max_new_tokens=12) == first
+    assert teacher.identity == "local:embedded:smollm2-135m-instruct"
+    paris, london = teacher.score("What is the capital of France?", ["The capital of France is Paris.",
+                                                                     "The capital of France is London."])
+    assert paris > london

@@ -1,0 +1,83 @@
+"""Prompt recipes: the packaged files load, hash (text + version), render, and their parsers are robust."""
+from __future__ import annotations
+
+import pytest
+
+from fiat_jax.errors import UserError
+from fiat_jax.teachers import recipes
+
+
+def test_packaged_recipes_load_with_distinct_hashes():
+    names = recipes.available()
+    assert {"fiat_reasoning", "instruction_writing", "student_instruction", "augment_local", "augment_global",
+            "difficulty"} <= set(names)
+    loaded = [recipes.load(n) for n in names]
+    assert len({r.text_hash for r in loaded}) == len(loaded)
+    assert all(len(r.text_hash) == 64 and r.version for r in loaded)
+
+
+def test_hash_changes_with_text_or_version(tmp_path):
+    src = recipes.recipe_path("difficulty").read_text()
+    a = tmp_path / "a.txt"
+    a.write_text(src)
+    assert recipes.load(str(a)).text_hash == recipes.load("difficulty").text_hash
+    a.write_text(src.replace("version: 1", "version: 2"))
+    assert recipes.load(str(a)).text_hash != recipes.load("difficulty").text_hash
+    a.write_text(src + " ")
+    assert recipes.load(str(a)).text_hash != recipes.load("difficulty").text_hash
+
+
+def test_render_fills_defaults_and_names_missing_variables():
+    r = recipes.load("fiat_reasoning")
+    prompt = r.render({"input": "Question: 2 + 2?\nStep-by-Step Answer:", "exemplars": "Q\nA\n\n"})
+    assert prompt.startswith("Answer the question. Reason step by step")
+    assert prompt.endswith("Q\nA\n\nQuestion: 2 + 2?\nStep-by-Step Answer:\nLet's think step by step.")
+    assert r.stop == ("\n\nQuestion:",) and r.scope == "example"
+    with pytest.raises(UserError, match=r"recipe fiat_reasoning: no value for \{input\}"):
+        r.render({})
+    with pytest.raises(UserError, match="unknown recipe 'nope'"):
+        recipes.load("nope")
+
+
+@pytest.mark.parametrize("reply, score", [
+    ("Score: 4", "4"), ("4/5", "4"), ("**3**", "3"), ("Difficulty: 2", "2"), ("I would rate it four.", "4"),
+    ("Score: **5**\nBecause it needs proofs.", "5"), ("It is 2 out of 5.", "2"), ("Rating - 1", "1"),
+    ("3", "3"), ("  five ", "5"), ("Score: 3.5", "3.5"), ("This needs 3 steps; score 4/5", "4"),
+])
+def test_score_parser_accepts_common_forms(reply, score):
+    assert recipes.parse_score(reply) == score
+
+
+@pytest.mark.parametrize("reply", ["", "hard", "Score: 7", "either 1 or 5", "10/10", "id a5b3 is 3.75",
+                                   "Score: none given"])
+def test_score_parser_rejects_what_it_cannot_read(reply):
+    with pytest.raises(recipes.ParseError):
+        recipes.parse_score(reply)
+
+
+def test_other_parsers():
+    assert recipes.parse_lines("1. A is B.\n- B is A.\n\n") == "A is B.\nB is A."
+    assert recipes.parse_instruction('Instruction: "Add the numbers."\n\nThat is all.') == "Add the numbers."
+    with pytest.raises(recipes.ParseError):
+        recipes.parse_text("  \n")
+    assert recipes.split_sentences("A is B. C is D! E?") == ["A is B.", "C is D!", "E?"]
+
+
+def _constant(module_path, name):
+    import ast
+    import pathlib
+
+    tree = ast.parse((pathlib.Path(__file__).resolve().parents[1] / module_path).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{name} not in {module_path}")
+
+
+def test_methods_prompts_are_the_recipes_templates():
+    """Recipes are the single source of the teacher prompts the methods use (guards drift until they load them;
+    read from the sources so the test stays instant)."""
+    assert recipes.load("augment_local").template == _constant("fiat_jax/methods/augmentation.py", "LOCAL_PROMPT")
+    assert recipes.load("augment_global").template == _constant("fiat_jax/methods/augmentation.py", "GLOBAL_PROMPT")
+    assert recipes.load("student_instruction").template == _constant("fiat_jax/methods/fiat.py",
+                                                                     "STUDENT_INSTRUCTION_PROMPT")
