@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist workers: one per core of the 2-core reference machine (each worker holds 8 fake CPU devices).
+TEST_WORKERS ?= 2
 RUN_GIN ?= runs/quickstart.gin
 
 .PHONY: install run test test-fast bench clean help
@@ -29,10 +31,10 @@ run: $(STAMP)
 
 # pytest exit code 5 ("no tests collected", e.g. a marker selecting nothing) is not a failure.
 test: $(STAMP)
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests selected"; rc=0; fi; exit $$rc
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests selected"; rc=0; fi; exit $$rc
 
 test-fast: $(STAMP)
-	@$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -28,7 +28,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "scikit-learn==1.9.1"],
+    "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "pytest-xdist==3.8.0", "execnet==2.1.2",
+             "scikit-learn==1.9.1"],
     # Optional cross-checks against PyTorch implementations only; never needed to train.
     "reference": ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],
 }

@@ -40,21 +40,25 @@ PROMPTS = [[5, 17, 33, 2, 8], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [9]]
 
 
 def _full_recompute_decoder(model, prompt, steps):
+    """Greedy decoding without a cache: a full causal forward per step. The sequence is right-padded to its final
+    length so one compiled shape serves every step (a causal model's logits at t ignore later positions)."""
     fwd = jax.jit(lambda toks: model(toks))
-    seq = list(prompt)
-    for _ in range(steps):
-        logits = fwd(jnp.asarray([seq], jnp.int32))
-        seq.append(int(jnp.argmax(logits[0, -1])))
-    return seq[len(prompt):]
+    seq = np.zeros((1, len(prompt) + steps), np.int32)
+    seq[0, :len(prompt)] = prompt
+    for t in range(len(prompt), len(prompt) + steps):
+        logits = fwd(jnp.asarray(seq))
+        seq[0, t] = int(jnp.argmax(logits[0, t - 1]))
+    return seq[0, len(prompt):].tolist()
 
 
 def _full_recompute_t5(model, prompt, steps):
+    """As above for T5: the whole encoder and a right-padded decoder input recomputed every step."""
     fwd = jax.jit(lambda enc, dec: model(enc, dec))
-    out = [0]
-    for _ in range(steps):
-        logits = fwd(jnp.asarray([prompt], jnp.int32), jnp.asarray([out], jnp.int32))
-        out.append(int(jnp.argmax(logits[0, -1])))
-    return out[1:]
+    out = np.zeros((1, steps + 1), np.int32)  # decoder input: BOS (0) then the tokens so far
+    for t in range(steps):
+        logits = fwd(jnp.asarray([prompt], jnp.int32), jnp.asarray(out))
+        out[0, t + 1] = int(jnp.argmax(logits[0, t]))
+    return out[0, 1:].tolist()
 
 
 def test_decoder_cache_matches_full_recompute_and_left_padding(dec):
