@@ -117,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = "--verbose" in argv
     parser = build_parser()
     try:
+        import gin
+
         from fiat_jax import gin_utils
 
         gin_bindings, rest = gin_utils.split_gin_flags(argv)
@@ -135,7 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             gin_utils.parse_gin(gin_files=args.gin_file, bindings=gin_bindings,
                                 gin_search_paths=args.gin_search_paths)
         try:
-            entry(**kwargs)
+            # The config is final (no binding changes), but modules imported lazily during the run (a model
+            # family, a teacher backend) still register their configurables: t5x imports them all up front.
+            with gin.unlock_config():
+                entry(**kwargs)
         except TypeError as err:
             if "No values supplied by Gin or caller" not in str(err):
                 raise

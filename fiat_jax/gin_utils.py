@@ -7,6 +7,8 @@ researcher launching a sweep wants "MODEL_DIR is required" rather than a traceba
 from __future__ import annotations
 
 import ast
+import contextlib
+import logging
 import os
 import pathlib
 import re
@@ -97,6 +99,21 @@ def _error_line(err: Exception) -> str:
     return f"{lines[0]} {where}".strip()
 
 
+def _drop_search_misses(record: logging.LogRecord) -> bool:
+    """gin logs an ERROR for every search path an ``include`` is *not* found in before the one it is found in."""
+    return record.msg != "Path not found: %s"
+
+
+@contextlib.contextmanager
+def _quiet_include_search():
+    root = logging.getLogger()
+    root.addFilter(_drop_search_misses)
+    try:
+        yield
+    finally:
+        root.removeFilter(_drop_search_misses)
+
+
 def parse_gin(*, gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
               gin_search_paths: Sequence[str] = (), finalize: bool = True) -> list[pathlib.Path]:
     """Parse gin files then ``--gin.X=Y`` bindings (later wins); returns the resolved files.
@@ -110,7 +127,8 @@ def parse_gin(*, gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
     binding_lines = [binding_from_flag(flag) for flag in bindings]
     for path in resolved:
         try:
-            gin.parse_config_file(str(path))
+            with _quiet_include_search():
+                gin.parse_config_file(str(path))
         except (ValueError, SyntaxError, TypeError, ImportError, OSError) as err:
             raise UserError(f"in gin file {path}: {_error_line(err)}") from err
     for line in binding_lines:

@@ -115,3 +115,33 @@ def test_console_script_runs_as_module():
     out = subprocess.run([sys.executable, "-m", "fiat_jax.cli", "--help"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "generate" in out.stdout
+
+
+@gin.configurable
+def job_importing_late(*, model_dir: str, module_dir: str):
+    """Imports, mid-run, a module that registers its own configurable (a model family or teacher loaded lazily)."""
+    sys.path.insert(0, module_dir)
+    try:
+        import late_configurable_module
+    finally:
+        sys.path.remove(module_dir)
+    CALLS.append(dict(model_dir=model_dir, value=late_configurable_module.late_default()))
+
+
+def test_lazily_imported_configurables_register_during_the_run(monkeypatch, tmp_path, caplog):
+    CALLS.clear()
+    (tmp_path / "late_configurable_module.py").write_text(
+        "import gin\n\n@gin.configurable\ndef late_default(*, value=5):\n    return value\n")
+    monkeypatch.setitem(cli.COMMANDS, "train", cli.Command(f"{__name__}:job_importing_late", "fake", "fiat train"))
+    configs = tmp_path / "configs"
+    (configs / "sub").mkdir(parents=True)
+    (configs / "sub" / "base.gin").write_text("MODEL_DIR = %gin.REQUIRED\n")
+    (configs / "job.gin").write_text(f"include 'sub/base.gin'\njob_importing_late.model_dir = %MODEL_DIR\n"
+                                     f"job_importing_late.module_dir = '{tmp_path}'\n")
+    with caplog.at_level("ERROR"):
+        rc = cli.main(["train", "--gin_search_paths", str(configs), "--gin_file=job.gin",
+                       f"--gin.MODEL_DIR={tmp_path / 'run'}"])
+    assert rc == 0
+    assert CALLS == [dict(model_dir=str(tmp_path / "run"), value=5)]
+    # gin tries each search path for an include; the misses before the hit are not errors to show
+    assert not [r for r in caplog.records if "Path not found" in r.getMessage()]

@@ -7,6 +7,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import gin
 import seqio
 
 from fiat_jax.errors import UserError
@@ -37,14 +38,23 @@ def _dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None
     return tf.data.Dataset.from_tensor_slices({k: _column(rows, k) for k in keys})
 
 
+@gin.configurable
+def student_chat_template(*, template: str | None = None) -> str | None:
+    """The chat template (one ``{inputs}``) that wraps every student input, or None for raw text. An
+    instruction-tuned decoder student learns faster in the format it was tuned on, e.g. SmolLM2's
+    ``'<|im_start|>user\\n{inputs}<|im_end|>\\n<|im_start|>assistant\\n'`` (``preprocessors.SMOLLM2_CHAT``)."""
+    return template
+
+
 def register_examples_task(name: str, rows_by_split: Mapping[str, Sequence[Example]], *,
                            metric_fns: Sequence[Callable[..., Any]] = (),
                            postprocess_fn: Callable[..., Any] | None = None,
                            vocabulary: seqio.Vocabulary | None = None) -> seqio.Task:
     """Register (or replace) a seqio Task over ``{split: [{"inputs", "targets", ...}]}`` rows.
 
-    Every row of every split must have the same keys; ``inputs`` and ``targets`` are tokenised with the gin
-    vocabulary (``get_vocabulary``) unless ``vocabulary`` is given, other keys pass through for metrics.
+    Every row of every split must have the same keys; ``inputs`` (wrapped in :func:`student_chat_template` when
+    one is bound) and ``targets`` are tokenised with the gin vocabulary (``get_vocabulary``) unless ``vocabulary``
+    is given, other keys pass through for metrics.
     """
     from fiat_jax.data.vocab import get_vocabulary
 
@@ -58,16 +68,23 @@ def register_examples_task(name: str, rows_by_split: Mapping[str, Sequence[Examp
         split_keys = tuple(sorted(set.intersection(*(set(r) for r in rows))))
         keys = split_keys if keys is None else tuple(k for k in keys if k in split_keys)
     vocab = vocabulary if vocabulary is not None else get_vocabulary()
-    features = {"inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
+    template = student_chat_template()
+    # A chat-formatted prompt already ends in the assistant header; an EOS after it is not what the model was tuned on.
+    features = {"inputs": seqio.Feature(vocabulary=vocab, add_eos=not template),
                 "targets": seqio.Feature(vocabulary=vocab, add_eos=True)}
     frozen = {s: [dict(r) for r in rows] for s, rows in rows_by_split.items()}
     source = seqio.FunctionDataSource(functools.partial(_dataset_fn, rows_by_split=frozen, keys=keys),
                                       splits=tuple(frozen))
+    chat: list[Callable[..., Any]] = []
+    if template:
+        from fiat_jax.data import preprocessors
+
+        chat = [functools.partial(preprocessors.chat_format, template=template)]
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     return seqio.TaskRegistry.add(
         name, source=source, output_features=features,
-        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        preprocessors=[*chat, seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
         postprocess_fn=postprocess_fn, metric_fns=list(metric_fns))
 
 

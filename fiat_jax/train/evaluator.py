@@ -17,6 +17,8 @@ fixed-length batch at every step (O(T^2)). Scoring (target log-likelihood) is on
 
 from __future__ import annotations
 
+import functools
+
 import json
 import logging
 import pathlib
@@ -40,9 +42,11 @@ EOS_ID = 1
 
 # ---------------------------------------------------------------------------------------------------------------
 # Batched model functions (jitted once per shape; graphdef closed over).
+@functools.lru_cache(maxsize=16)
 def _make_fns(graphdef: nnx.GraphDef, *, model_kind: str, max_decode_len: int) -> tuple[Callable, Callable]:
     """``(predict(state, batch, eos_id) -> tokens [B, T], score(state, batch) -> loglik [B])``: the
-    full-recompute fallback for models without a KV cache, and the teacher-forced scorer."""
+    full-recompute fallback for models without a KV cache, and the teacher-forced scorer. Memoised per graph,
+    so evaluating the same model on several tasks (or after more training) reuses the compiled functions."""
 
     def logits(state, batch):
         model = nnx.merge(graphdef, state)
