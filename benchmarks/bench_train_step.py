@@ -20,7 +20,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import BenchResult, matmul_peak_flops  # noqa: E402
 
-TARGET_MFU = 70.0
+TARGET_MFU = 75.0  # issue 11: model FLOPs utilisation of the full train step against the measured fp32 matmul peak
 
 
 @dataclasses.dataclass(frozen=True)

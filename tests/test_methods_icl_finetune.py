@@ -25,6 +25,10 @@ def test_icl_prompt_has_instruction_and_k_exemplars():
     assert prompt.count("Input:") == 3 and f"Answer: {shots[0]['targets']}\n\n" in prompt
     with pytest.raises(UserError, match="exemplars"):
         icl.pick_exemplars(rows, 7)
+    # a task input that ends in its own answer header (XCOPA's "Answer:") gets no second one
+    own = icl.icl_prompt({"inputs": "Premise: x\nAnswer:"}, [{"inputs": "Premise: y\nAnswer:", "targets": "2"}],
+                         instruction="Pick 1 or 2.")
+    assert own == "Pick 1 or 2.\n\nInput: Premise: y\nAnswer: 2\n\nInput: Premise: x\nAnswer:"
 
 
 def test_icl_predicts_and_scores(tmp_path):

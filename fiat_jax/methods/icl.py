@@ -18,8 +18,16 @@ from fiat_jax.methods import results as results_lib
 
 _log = logging.getLogger(__name__)
 
-ICL_TEMPLATE = "{instruction}\n\n{exemplars}Input: {input}\nAnswer:"
-EXEMPLAR_TEMPLATE = "Input: {input}\nAnswer: {target}\n\n"
+ICL_TEMPLATE = "{instruction}\n\n{exemplars}{input}"
+EXEMPLAR_TEMPLATE = "{input} {target}\n\n"
+ANSWER_HEADER = "\nAnswer:"
+
+
+def framed_input(text: Any) -> str:
+    """``Input: <text>`` ending in an answer header: the task's own (XCOPA's "Answer:", MGSM's "Step-by-Step
+    Answer:") when its formatted input already ends in one, else ``ANSWER_HEADER``."""
+    text = str(text).rstrip()
+    return f"Input: {text}" if text.endswith(":") else f"Input: {text}{ANSWER_HEADER}"
 
 
 def pick_exemplars(examples: Sequence[Mapping[str, Any]], k: int, *, seed: int = 0) -> list[Mapping[str, Any]]:
@@ -34,8 +42,8 @@ def pick_exemplars(examples: Sequence[Mapping[str, Any]], k: int, *, seed: int =
 
 def icl_prompt(example: Mapping[str, Any], exemplars: Sequence[Mapping[str, Any]], *, instruction: str,
                template: str = ICL_TEMPLATE, exemplar_template: str = EXEMPLAR_TEMPLATE) -> str:
-    shots = "".join(exemplar_template.format(input=e["inputs"], target=e["targets"]) for e in exemplars)
-    return template.format(instruction=instruction, exemplars=shots, input=example["inputs"])
+    shots = "".join(exemplar_template.format(input=framed_input(e["inputs"]), target=e["targets"]) for e in exemplars)
+    return template.format(instruction=instruction, exemplars=shots, input=framed_input(example["inputs"]))
 
 
 def first_line(text: str) -> str:

@@ -85,7 +85,7 @@ def evaluate_rows(model: Any, *, name: str, rows: Sequence[Mapping[str, Any]], m
                            postprocess_fn=postprocess_fn)
     flat = evaluator.evaluate_model(model, mixture_or_task_name=name, task_feature_lengths=task_feature_lengths,
                                     split="validation", batch_size=batch_size, step=step,
-                                    predictions_dir=predictions_dir)
+                                    predictions_dir=predictions_dir, predictions_with_scores=False)
     return {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(name + "/")}
 
 

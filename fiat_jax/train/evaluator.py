@@ -167,9 +167,26 @@ class ModelRunner:
     def run(self, ds: Any, *, eos_id: int = EOS_ID) -> tuple[dict[int, list[int]], dict[int, float]]:
         """Greedy tokens (``max_decode_len`` per example: EOS included, 0 after it) and target log-likelihoods by
         example index (memoised per dataset object)."""
-        key = id(ds)
+        return self.predictions(ds, eos_id=eos_id), self.scores(ds)
+
+    def predictions(self, ds: Any, *, eos_id: int = EOS_ID) -> dict[int, list[int]]:
+        """Greedy tokens by example index; computed once per dataset object."""
+        return self._memoised("predictions", ds, lambda: self._run(ds, self._predict_rows, eos_id=eos_id))
+
+    def scores(self, ds: Any) -> dict[int, float]:
+        """Target log-likelihoods by example index; computed once per dataset object, and only when a metric
+        asks for them (a second full forward per batch)."""
+        return self._memoised("scores", ds, lambda: self._run(ds, self._score_rows))
+
+    def known_scores(self, ds: Any) -> dict[int, float] | None:
+        """Scores if a metric already asked for them (the predictions file does not pay for a scoring pass)."""
+        hit = self._memo.get(("scores", id(ds)))
+        return None if hit is None else hit[1]
+
+    def _memoised(self, kind: str, ds: Any, compute: Callable[[], Any]) -> Any:
+        key = (kind, id(ds))
         if key not in self._memo:
-            self._memo[key] = (ds, self._run(ds, eos_id))
+            self._memo[key] = (ds, compute())  # ds is kept alive so its id stays unique
         return self._memo[key][1]
 
     def predict_batch(self, feats: Mapping[str, np.ndarray], n: int, *, eos_id: int = EOS_ID) -> np.ndarray:
@@ -191,24 +208,30 @@ class ModelRunner:
         out[:, :steps] = result.tokens
         return out
 
-    def _run(self, ds: Any, eos_id: int) -> tuple[dict[int, list[int]], dict[int, float]]:
-        tokens: dict[int, list[int]] = {}
-        scores: dict[int, float] = {}
+    def _predict_rows(self, feats: Mapping[str, np.ndarray], n: int, *, eos_id: int = EOS_ID) -> list[list[int]]:
+        return [[int(t) for t in row] for row in self.predict_batch(feats, n, eos_id=eos_id)]
+
+    def _score_rows(self, feats: Mapping[str, np.ndarray], n: int) -> list[float]:
+        batch = {k: jnp.asarray(v) for k, v in feats.items()}
+        return [float(x) for x in np.asarray(self._score(self.state, batch))[:n]]
+
+    def _run(self, ds: Any, per_batch: Callable[..., list[Any]], **kwargs: Any) -> dict[int, Any]:
+        out: dict[int, Any] = {}
         for indices, feats, n in _batches(ds, self.batch_size):
-            batch = {k: jnp.asarray(v) for k, v in feats.items()}
-            out = self.predict_batch(feats, n, eos_id=eos_id)
-            sc = np.asarray(self._score(self.state, batch))[:n]
-            for i, idx in enumerate(indices):
-                tokens[idx] = [int(t) for t in out[i]]
-                scores[idx] = float(sc[i])
-        return tokens, scores
+            for idx, value in zip(indices, per_batch(feats, n, **kwargs)):
+                out[idx] = value
+        return out
 
 
 def evaluate_model(model: nnx.Module, *, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                    split: str = "validation", batch_size: int = 32, num_examples: int | None = None,
                    feature_converter: Any = None, step: int | None = None,
-                   predictions_dir: str | pathlib.Path | None = None, seed: int = 42) -> dict[str, float]:
-    """Metrics of ``model`` on every task of a mixture: ``{"<task>/<metric>": v, "mean/<metric>": v}``."""
+                   predictions_dir: str | pathlib.Path | None = None, seed: int = 42,
+                   predictions_with_scores: bool = True) -> dict[str, float]:
+    """Metrics of ``model`` on every task of a mixture: ``{"<task>/<metric>": v, "mean/<metric>": v}``.
+
+    ``predictions_with_scores=False`` leaves the target log-likelihood out of the predictions file unless a metric
+    needed it anyway (it costs a second forward pass per batch)."""
     import seqio
     from seqio import metrics as metrics_lib
 
@@ -230,10 +253,10 @@ def evaluate_model(model: nnx.Module, *, mixture_or_task_name: str, task_feature
                       _eos_id(task) for task in evaluator.eval_tasks}
 
     def predict_fn(ds):
-        return sorted(runner.run(ds, eos_id=eos_by_dataset.get(id(ds), EOS_ID))[0].items())
+        return sorted(runner.predictions(ds, eos_id=eos_by_dataset.get(id(ds), EOS_ID)).items())
 
     def score_fn(ds):
-        return sorted(runner.run(ds)[1].items())
+        return sorted(runner.scores(ds).items())
 
     model_fns = {metrics_lib.ModelOutputType.PREDICTION: predict_fn, metrics_lib.ModelOutputType.SCORE: score_fn}
     metrics_future, _ = evaluator.evaluate(compute_metrics=True, step=step, model_fns=model_fns)
@@ -252,7 +275,7 @@ def evaluate_model(model: nnx.Module, *, mixture_or_task_name: str, task_feature
     for name, values in per_metric.items():
         flat[f"mean/{name}"] = float(np.mean(values))
     if predictions_dir is not None and jax.process_index() == 0:
-        _write_predictions(evaluator, runner, pathlib.Path(predictions_dir), step)
+        _write_predictions(evaluator, runner, pathlib.Path(predictions_dir), step, with_scores=predictions_with_scores)
     return flat
 
 
@@ -262,11 +285,14 @@ def _eos_id(task: Any) -> int:
     return EOS_ID if eos is None else int(eos)
 
 
-def _write_predictions(evaluator: Any, runner: ModelRunner, out_dir: pathlib.Path, step: int | None) -> None:
+def _write_predictions(evaluator: Any, runner: ModelRunner, out_dir: pathlib.Path, step: int | None, *,
+                       with_scores: bool = True) -> None:
     """One JSONL per task: input, target, prediction (decoded + postprocessed), score."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for task in evaluator.eval_tasks:
-        tokens, scores = runner.run(evaluator._cached_model_datasets[task.name])  # noqa: SLF001 (seqio has no getter)
+        ds = evaluator._cached_model_datasets[task.name]  # noqa: SLF001 (seqio has no getter)
+        tokens = runner.predictions(ds, eos_id=_eos_id(task))
+        scores = runner.scores(ds) if with_scores else runner.known_scores(ds)
         vocab = task.output_features["targets"].vocabulary
         in_vocab = task.output_features.get("inputs", task.output_features["targets"]).vocabulary
         examples = list(evaluator.cached_task_datasets[task.name].as_numpy_iterator())
@@ -279,7 +305,8 @@ def _write_predictions(evaluator: Any, runner: ModelRunner, out_dir: pathlib.Pat
                     in_vocab.decode(list(ex["inputs"])) if "inputs" in ex else "")
                 prediction = task.postprocess_fn(vocab.decode(tokens[idx]), example=ex, is_target=False)
                 fh.write(json.dumps({"input": _jsonable(text_in), "target": _jsonable(targets[idx]),
-                                     "prediction": _jsonable(prediction), "score": scores[idx]}) + "\n")
+                                     "prediction": _jsonable(prediction),
+                                     "score": None if scores is None else scores[idx]}) + "\n")
 
 
 def _jsonable(x: Any) -> Any:
