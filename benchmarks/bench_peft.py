@@ -1,13 +1,13 @@
-"""LoRA train step vs full fine-tuning step on the SmolLM2-135M shape (CPU, fp32): time and peak memory.
+"""LoRA vs full fine-tuning on the SmolLM2-135M shape (CPU, fp32): what LoRA saves, from compiled shapes.
 
 The step is the trainer's jitted step as ``benchmarks/peers/fiat_step.py`` runs it (adamw, params/opt state
 donated; LoRA r=8 alpha=16 on attention q/k/v/o through ``fiat_jax.peft.lora``), batch 8 x seq_len.
 
-* time: both modes in this process, interleaved (lora, full, lora, full) so a busy shared machine slows both
-  alike; the ratio is of the fastest step of each mode;
-* peak memory: each mode's ``fiat_step.py`` in its own process (peak RSS, model build included), and the XLA
-  buffers of the compiled step (arguments + temporaries + non-aliased outputs, from abstract shapes);
+* the XLA buffers of the compiled step (arguments + temporaries + non-aliased outputs, from abstract shapes);
 * adamw state in ``lora`` mode as a share of ``full`` (abstract shapes, ``jax.eval_shape``; target <= 2 %).
+
+The measured LoRA-vs-full step time and per-process peak RSS come from ``bench_peers.py``, which runs both
+modes in their own processes beside the peers (timing them here too cost ~4 minutes of ``make bench``).
 
 python benchmarks/bench_peft.py [--quick]
 """
@@ -21,7 +21,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import BenchResult  # noqa: E402
 
-TARGET_SPEEDUP = 1.3
 TARGET_MEMORY_SAVING_PCT = 40.0
 TARGET_OPT_STATE_PCT = 2.0
 
@@ -62,26 +61,6 @@ def _model(mode: str):
     return fiat_step.apply_lora(model) if mode == "lora" else (model, nnx.Param)
 
 
-def step_times(*, seq_len: int, steps: int, rounds: int = 2) -> dict[str, list[float]]:
-    """Seconds per step of each mode, interleaved over ``rounds`` (compile + warm-up step excluded)."""
-    import numpy as np
-
-    from benchmarks.peers import fiat_step
-    from benchmarks.peers.common import BATCH, SMOLLM2_135M
-
-    tokens = np.random.default_rng(1).integers(0, SMOLLM2_135M["vocab_size"], (BATCH, seq_len + 1), np.int32)
-    batch = {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
-             "decoder_loss_weights": np.ones((BATCH, seq_len), np.int32)}
-    times: dict[str, list[float]] = {"lora": [], "full": []}
-    for _ in range(rounds):
-        for mode in ("lora", "full"):
-            model, filt = _model(mode)
-            t, _, _ = fiat_step.train_step_seconds(model, batch, trainable=filt, steps=steps)
-            times[mode] += t
-            del model
-    return times
-
-
 def xla_step_mb(mode: str, *, seq_len: int) -> float:
     """MiB of XLA buffers of the compiled step (abstract shapes: nothing is allocated)."""
     import jax
@@ -120,29 +99,13 @@ def _model_filter(mode: str):
 
 
 def run(*, quick: bool = False) -> list[BenchResult]:
-    from benchmarks.bench_peers import run_step
-
-    steps, seq_len = (2, 64) if quick else (3, 256)
+    seq_len = 64 if quick else 256
     shape = {"shape": "SmolLM2-135M", "batch": 8, "seq_len": seq_len}
     results: list[BenchResult] = []
-    rss = {}  # first, while this process is small: Linux children inherit the parent's ru_maxrss at fork
-    for mode in ("lora", "full"):
-        result = run_step(sys.executable, "fiat_step.py", mode, 1, seq_len)
-        if result:
-            rss[mode] = result["peak_rss_mb"]
-    if len(rss) == 2:
-        print(f"  peak RSS: lora {rss['lora']:.0f} MB, full {rss['full']:.0f} MB", flush=True)
-        results.append(BenchResult("LoRA vs full peak RSS saving", 100 * (1 - rss["lora"] / rss["full"]), "%",
-                                   target=TARGET_MEMORY_SAVING_PCT, detail=shape | {"mb": rss}))
     xla = {mode: xla_step_mb(mode, seq_len=seq_len) for mode in ("lora", "full")}
     print(f"  XLA step buffers: lora {xla['lora']:.0f} MiB, full {xla['full']:.0f} MiB", flush=True)
     results.append(BenchResult("LoRA vs full XLA step buffers saving", 100 * (1 - xla["lora"] / xla["full"]), "%",
                                target=TARGET_MEMORY_SAVING_PCT, detail=shape | {"mib": xla}))
-    times = step_times(seq_len=seq_len, steps=steps)
-    lo, full = min(times["lora"]), min(times["full"])
-    print(f"  step: lora {lo:.2f} s, full {full:.2f} s (fastest of {len(times['lora'])})", flush=True)
-    results.append(BenchResult("LoRA vs full step speed-up (SmolLM2-135M)", full / lo, "x", target=TARGET_SPEEDUP,
-                               detail=shape | {"lora_s": times["lora"], "full_s": times["full"]}))
     share, detail = optimizer_state_share()
     print(f"  adamw state: lora {detail['lora_mib']:.2f} MiB = {share:.3f} % of full", flush=True)
     results.append(BenchResult("LoRA adamw state as share of full (SmolLM2-135M)", share, "%",

@@ -56,3 +56,22 @@ def test_sweep_config_gin_files_exist(path):
     assert not [m for m in missing if m.startswith("sweeps/")]
     if missing:
         pytest.xfail(f"not written yet by their owners: {', '.join(missing)}")
+
+
+@pytest.mark.parametrize("path", [p for p in SWEEP_FILES if p.stem.endswith("_local_tiny")], ids=lambda p: p.stem)
+def test_each_local_tiny_run_config_is_complete(path, tmp_path):
+    """Every distinct run configuration of a CPU sweep parses with all its REQUIRED macros bound, exactly as the
+    sweep will launch it (its gin files and bindings): a missing macro fails here, not an hour into a sweep."""
+    runs = _plan(path)
+    seen = set()
+    for spec in runs:
+        if spec.gin_files in seen:
+            continue
+        seen.add(spec.gin_files)
+        gin.clear_config()
+        flags = [sweep.gin_flag("MODEL_DIR", str(tmp_path / "run")),
+                 *(sweep.gin_flag(k, v) for k, v in spec.bindings)]
+        gin_utils.parse_gin(gin_files=list(spec.gin_files),
+                            bindings=[f.removeprefix("--gin.") for f in flags], finalize=True)
+    gin.clear_config()
+    assert seen

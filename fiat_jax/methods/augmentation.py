@@ -254,6 +254,10 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
 
     common.check_student(train_fn, "augmented fine-tuning")
     data = synthetic.generate(seed=synthetic_seed, languages=(language,), **generate_overrides)
+    if num_train_examples and num_train_examples > len(data.documents):
+        raise UserError(f"augmented fine-tuning: num_train_examples={num_train_examples} documents asked for, the "
+                        f"synthetic world has {len(data.documents)} (grow it with generate_overrides, e.g. "
+                        "num_chains)")
     documents = data.documents[:num_train_examples] if num_train_examples else data.documents
     if not documents:
         raise UserError("augmented fine-tuning: no training documents")
