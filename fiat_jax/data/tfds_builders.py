@@ -99,6 +99,10 @@ class _LocalFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         with open(os.path.join(root, f".{self.name}.{self.builder_config.name}.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
+                # This builder read its (then empty) info before waiting; if another process prepared the data
+                # meanwhile, TFDS would "reuse" it with no splits: read the finished info first.
+                if (self.data_path / "dataset_info.json").exists():
+                    self.info.read_from_directory(self.data_dir)
                 super().download_and_prepare(*args, **kwargs)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
