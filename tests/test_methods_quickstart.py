@@ -43,7 +43,7 @@ def _missing() -> list[str]:
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.skipif(not os.environ.get("FIAT_RUN_QUICKSTART"),
-                    reason="the full quickstart takes ~10 min on 2 cores: set FIAT_RUN_QUICKSTART=1 (make run runs it)")
+                    reason="the full quickstart takes ~6.5 min on 2 cores: set FIAT_RUN_QUICKSTART=1 (make run runs it)")
 def test_quickstart_runs_under_ten_minutes(tmp_path, shared_data_dir, capsys):
     from fiat_jax.methods import run
 
