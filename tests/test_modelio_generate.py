@@ -9,10 +9,7 @@ import time
 
 import pytest
 
-pytest.importorskip("fiat_jax.models.decoder")
-pytest.importorskip("fiat_jax.models.decoding")
-
-from fiat_jax.models import embedded, generate  # noqa: E402
+from fiat_jax.models import embedded, generate
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ fixed-length batch at every step (O(T^2)). Scoring (target log-likelihood) is on
 from __future__ import annotations
 
 import functools
-
 import json
 import logging
 import pathlib
@@ -164,13 +163,9 @@ class ModelRunner:
         self._memo: dict[int, Any] = {}
         self._predict, self._score = _make_fns(self.graphdef, model_kind=self.kind, max_decode_len=max_decode_len)
 
-    def run(self, ds: Any, *, eos_id: int = EOS_ID) -> tuple[dict[int, list[int]], dict[int, float]]:
-        """Greedy tokens (``max_decode_len`` per example: EOS included, 0 after it) and target log-likelihoods by
-        example index (memoised per dataset object)."""
-        return self.predictions(ds, eos_id=eos_id), self.scores(ds)
-
     def predictions(self, ds: Any, *, eos_id: int = EOS_ID) -> dict[int, list[int]]:
-        """Greedy tokens by example index; computed once per dataset object."""
+        """Greedy tokens by example index (``max_decode_len`` each: EOS included, 0 after it); computed once per
+        dataset object."""
         return self._memoised("predictions", ds, lambda: self._run(ds, self._predict_rows, eos_id=eos_id))
 
     def scores(self, ds: Any) -> dict[int, float]:
