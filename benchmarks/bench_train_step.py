@@ -1,10 +1,10 @@
 """The trainer's full-model fp32 train step against a matmul peak measured in the same run (CPU).
 
 Shapes: T5-small (60.5M params, batch 8 x (128 + 128)) and SmolLM2-135M (batch 8 x 256). The step is the real
-one from :mod:`fiat_jax.train.train_step` (split params, adamw, pjit with shardings and donation); the models are
-shape-faithful NNX stand-ins defined here (einsum attention/MLP with logical axis names) until
-``fiat_jax.models`` provides T5 and Llama modules, so the figure measures the trainer's overhead on a known
-matmul load. Also reports the host/input share of a ``trainer.train`` loop on the same step.
+one from :mod:`fiat_jax.train.train_step` (split params, adamw, pjit with shardings and donation) on fiat_jax's
+own models (``fiat_jax.models.t5.EncoderDecoder`` and ``fiat_jax.models.decoder.Decoder``, random init). Also
+reports the host/input share of a ``trainer.train`` loop on the same step. Where the time goes:
+``benchmarks/profile_step.py``.
 
 python benchmarks/bench_train_step.py [--quick]
 """
@@ -67,100 +67,26 @@ def train_flops(s: Shape) -> float:
     return 3.0 * fwd
 
 
+def model_config(s: Shape):
+    """The real fiat_jax model config of this shape: original T5 (relu MLP, tied and rescaled logits) or a
+    Llama-family decoder (GQA, SwiGLU, RMSNorm, tied)."""
+    from fiat_jax.models.decoder import DecoderConfig
+    from fiat_jax.models.t5 import T5Config
+
+    if s.kind == "encoder_decoder":
+        return T5Config(vocab_size=s.vocab, d_model=s.d_model, num_encoder_layers=s.layers,
+                        num_decoder_layers=s.layers, num_heads=s.heads, head_dim=s.head_dim, mlp_dim=s.mlp,
+                        mlp_activations=("silu", "linear") if s.gated else ("relu",), tie_embeddings=True)
+    return DecoderConfig(vocab_size=s.vocab, d_model=s.d_model, num_layers=s.layers, num_heads=s.heads,
+                         num_kv_heads=s.kv_heads, head_dim=s.head_dim, mlp_dim=s.mlp,
+                         mlp_activations=("silu", "linear") if s.gated else ("relu",))
+
+
 def make_model(s: Shape, rngs):
-    """A shape-faithful T5 (relu MLP, tied embeddings) or Llama (GQA, SwiGLU, RMSNorm, tied) NNX module."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
+    """fiat_jax's own model (``fiat_jax.models.build_model``) with this shape, random init."""
+    from fiat_jax.models import build_model
 
-    from fiat_jax import partitioning
-
-    def param(shape, names, scale=None):
-        scale = (1.0 / np.sqrt(shape[0])) if scale is None else scale
-        return nnx.Param(jax.random.normal(rngs.params(), shape, jnp.float32) * scale, sharding_names=names)
-
-    def rms(x, w):
-        return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * w
-
-    class Attention(nnx.Module):
-        def __init__(self):
-            self.query = param((s.d_model, s.heads, s.head_dim), ("embed", "heads", "kv"))
-            self.key = param((s.d_model, s.kv_heads, s.head_dim), ("embed", "kv_heads", "kv"))
-            self.value = param((s.d_model, s.kv_heads, s.head_dim), ("embed", "kv_heads", "kv"))
-            self.out = param((s.heads, s.head_dim, s.d_model), ("heads", "kv", "embed"))
-
-        def __call__(self, x, kv, mask):
-            # 2-D matmuls on the flattened (heads, head_dim) axes: XLA:CPU's dot emitter likes them best.
-            b, t, d = x.shape
-            q = (x.reshape(b * t, d) @ self.query[...].reshape(d, -1)).reshape(b, t, s.heads, s.head_dim)
-            kv2 = kv.reshape(-1, d)
-            k = (kv2 @ self.key[...].reshape(d, -1)).reshape(b, kv.shape[1], s.kv_heads, s.head_dim)
-            v = (kv2 @ self.value[...].reshape(d, -1)).reshape(b, kv.shape[1], s.kv_heads, s.head_dim)
-            group = s.heads // s.kv_heads
-            q = q.reshape(q.shape[:2] + (s.kv_heads, group, s.head_dim))
-            scores = jnp.einsum("btngk,bsnk->bngts", q, k) / np.sqrt(s.head_dim)
-            scores = jnp.where(mask[:, None, None], scores, -1e9)
-            o = jnp.einsum("bngts,bsnk->btngk", jax.nn.softmax(scores, axis=-1), v)
-            return (o.reshape(b * t, -1) @ self.out[...].reshape(-1, d)).reshape(b, t, d)
-
-    class Block(nnx.Module):
-        def __init__(self, cross: bool):
-            self.pre_attention_layer_norm = nnx.Param(jnp.ones((s.d_model,)), sharding_names=("norm",))
-            self.attention = Attention()
-            self.cross = cross
-            if cross:
-                self.pre_cross_attention_layer_norm = nnx.Param(jnp.ones((s.d_model,)), sharding_names=("norm",))
-                self.encoder_decoder_attention = Attention()
-            self.pre_mlp_layer_norm = nnx.Param(jnp.ones((s.d_model,)), sharding_names=("norm",))
-            self.wi_0 = param((s.d_model, s.mlp), ("embed", "mlp"))
-            if s.gated:
-                self.wi_1 = param((s.d_model, s.mlp), ("embed", "mlp"))
-            self.wo = param((s.mlp, s.d_model), ("mlp", "embed"))
-
-        def __call__(self, x, mask, enc=None, enc_mask=None):
-            h = rms(x, self.pre_attention_layer_norm[...])
-            x = x + self.attention(h, h, mask)
-            if self.cross:
-                x = x + self.encoder_decoder_attention(rms(x, self.pre_cross_attention_layer_norm[...]), enc, enc_mask)
-            h = rms(x, self.pre_mlp_layer_norm[...])
-            if s.gated:
-                act = jax.nn.silu(h @ self.wi_0[...]) * (h @ self.wi_1[...])
-            else:
-                act = jax.nn.relu(h @ self.wi_0[...])
-            return partitioning.constrain(x + act @ self.wo[...], ("batch", "length", "embed"))
-
-    class Model(nnx.Module):
-        model_kind = s.kind
-
-        def __init__(self):
-            self.token_embedder = param((s.vocab, s.d_model), ("vocab", "embed"), scale=1.0)
-            if s.kind == "encoder_decoder":
-                self.encoder = nnx.List([Block(False) for _ in range(s.layers)])
-                self.encoder_norm = nnx.Param(jnp.ones((s.d_model,)), sharding_names=("norm",))
-            self.decoder = nnx.List([Block(s.kind == "encoder_decoder") for _ in range(s.layers)])
-            self.decoder_norm = nnx.Param(jnp.ones((s.d_model,)), sharding_names=("norm",))
-
-        def logits_from_batch(self, batch, *, deterministic=True, prompt_embeddings=None):
-            emb = self.token_embedder[...]
-            dec = batch["decoder_input_tokens"]
-            causal = jnp.tril(jnp.ones((dec.shape[1], dec.shape[1]), bool))[None]
-            enc_x = enc_mask = None
-            if s.kind == "encoder_decoder":
-                enc = batch["encoder_input_tokens"]
-                valid = (enc != 0)[:, None, :]
-                enc_x = emb[enc]
-                for layer in self.encoder:
-                    enc_x = layer(enc_x, valid & jnp.ones((1, enc.shape[1], 1), bool))
-                enc_x = rms(enc_x, self.encoder_norm[...])
-                enc_mask = valid & jnp.ones((1, dec.shape[1], 1), bool)
-            y = emb[dec]
-            for layer in self.decoder:
-                y = layer(y, causal, enc_x, enc_mask)
-            y = rms(y, self.decoder_norm[...])
-            return jnp.einsum("btd,vd->btv", y, emb)
-
-    return Model()
+    return build_model(config=model_config(s), rngs=rngs)
 
 
 def make_batch(s: Shape, seed: int = 0):
@@ -309,7 +235,7 @@ def run(*, quick: bool = False) -> list[BenchResult]:
                   "step_s_min": round(m["min_s"], 3), "steps_per_s": round(1 / m["median_s"], 3),
                   "tokens_per_s": round(tokens / m["median_s"], 1), "model_tflop_per_step": round(flops / 1e12, 3),
                   "matmul_peak_gflops": [round(p / 1e9, 1) for p in m["pair_peaks"]],
-                  "allocator": TUNED_ENV["GLIBC_TUNABLES"], "model": "shape-faithful stand-in (see module doc)"}
+                  "allocator": TUNED_ENV["GLIBC_TUNABLES"], "model": "fiat_jax.models " + s.kind}
         print(f"  {s.name}: {detail}", flush=True)
         results.append(BenchResult(f"train step fp32 MFU ({s.name} shape, batch {shape.batch})", mfu, "%",
                                    target=TARGET_MFU, detail=detail))

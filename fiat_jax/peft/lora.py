@@ -86,17 +86,13 @@ class LoRADenseGeneral(nnx.Module):
 
     def delta(self, x: Array) -> Array:
         """The adapter's contribution ``s · (x·A)·B`` (no dropout)."""
-        n = len(self.in_shape)
-        dims = ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ()))
-        h = jax.lax.dot_general(x, self.lora_a[...].astype(self.dtype), dims)
-        d = jax.lax.dot_general(h, self.lora_b[...].astype(self.dtype), (((h.ndim - 1,), (0,)), ((), ())))
+        h = layers.contract_last(x, self.lora_a[...].astype(self.dtype), len(self.in_shape))
+        d = layers.contract_last(h, self.lora_b[...].astype(self.dtype), 1)
         return d * jnp.asarray(self.scale, self.dtype)
 
     def __call__(self, x: Array) -> Array:
-        n = len(self.in_shape)
         x = x.astype(self.dtype)
-        dims = ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ()))
-        y = jax.lax.dot_general(x, self.kernel[...].astype(self.dtype), dims)
+        y = layers.contract_last(x, self.kernel[...].astype(self.dtype), len(self.in_shape))
         h = x
         if self.dropout is not None and wrapper.is_training():
             h = self.dropout(h, deterministic=False)
