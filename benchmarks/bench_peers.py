@@ -13,7 +13,7 @@ import pathlib
 import subprocess
 import sys
 
-from benchmarks.common import BenchResult
+from benchmarks.common import TUNED_ENV, BenchResult
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TUNIX_VENV = ROOT / ".venv-tunix"
@@ -36,7 +36,7 @@ def ensure_tunix_venv() -> pathlib.Path | None:
 
 
 def run_step(python: str | pathlib.Path, script: str, mode: str, steps: int, seq_len: int) -> dict | None:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, **TUNED_ENV, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
     cmd = [str(python), str(ROOT / "benchmarks" / "peers" / script), "--mode", mode, "--steps", str(steps),
            "--seq_len", str(seq_len)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)

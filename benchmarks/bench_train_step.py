@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import BenchResult, matmul_peak_flops  # noqa: E402
+from benchmarks.common import TUNED_ENV, BenchResult, matmul_peak_flops  # noqa: E402
 
 TARGET_MFU = 75.0  # issue 11: model FLOPs utilisation of the full train step against the measured fp32 matmul peak
 
@@ -205,10 +205,6 @@ def child(shape_name: str, quick: bool) -> dict:
         out.update(measure_loop(s, steps=4 if quick else 6))
     return out
 
-
-# XLA:CPU allocates its temporaries afresh each step; with 4 KiB pages the first touch of every page faults, which
-# costs ~10 % of a T5-small step. glibc's hugetlb tunable makes malloc ask for transparent huge pages instead.
-TUNED_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 def run(*, quick: bool = False) -> list[BenchResult]:

@@ -27,17 +27,13 @@ _RUNTIME_EVENTS = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "e
 
 
 def build_step(model_name: str, mode: str, seq_len: int, batch_size: int):
-    """``(compiled step, args)`` of the trainer's step for the named shape, placed on one device."""
-    import jax
+    """``(compiled step, mesh, args)`` of the trainer's step for the named shape, placed on one device."""
     import numpy as np
-    import optax
     from flax import nnx
 
     from benchmarks import bench_train_step
     from benchmarks.peers import fiat_step
-    from fiat_jax import partitioning
     from fiat_jax.models import build_model
-    from fiat_jax.train import train_step
 
     shapes = {"smollm2_135m": bench_train_step.SMOLLM2_135M, "t5_small": bench_train_step.T5_SMALL}
     shape = shapes[model_name]
@@ -51,19 +47,7 @@ def build_step(model_name: str, mode: str, seq_len: int, batch_size: int):
              "decoder_loss_weights": np.ones((batch_size, seq_len), np.int32)}
     if shape.kind == "encoder_decoder":
         batch["encoder_input_tokens"] = rng.integers(2, shape.vocab, (batch_size, seq_len), dtype=np.int32)
-    mesh = partitioning.make_mesh("data=1", devices=jax.devices()[:1])
-    graphdef, params, frozen = train_step.split_model(model, trainable)
-    tx = optax.adamw(1e-4)
-    step_fn = train_step.make_step_fn(graphdef, tx, train_step.StepConfig(), trainable=trainable)
-    with jax.set_mesh(mesh):
-        compiled = train_step.jit_step(step_fn, mesh=mesh, abstract_params=params,
-                                       abstract_opt_state=jax.eval_shape(tx.init, params), abstract_frozen=frozen)
-        params = jax.device_put(params, compiled.params_shardings)
-        opt_state = jax.jit(tx.init, out_shardings=compiled.opt_shardings)(params)
-        step = jax.device_put(np.zeros((), np.int32), compiled.replicated)
-        frozen = jax.device_put(frozen, compiled.frozen_shardings)
-        batch = jax.device_put(batch, compiled.batch_sharding)
-    return compiled, mesh, [params, opt_state, step, frozen, batch]
+    return fiat_step.compiled_step(model, batch, trainable=trainable)
 
 
 def hlo_index(hlo_text: str) -> dict[str, tuple[str, str, str]]:

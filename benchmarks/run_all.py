@@ -38,10 +38,25 @@ def to_markdown(rows: list[BenchResult], errors: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_profile(path: pathlib.Path) -> None:
+    """The SmolLM2-135M full step traced op by op (benchmarks/profile_step.py): why the MFU is what it is."""
+    import subprocess
+
+    from benchmarks.common import TUNED_ENV
+
+    print("== profile_step (SmolLM2-135M full step)", flush=True)
+    env = dict(os.environ, **TUNED_ENV)
+    env.pop("XLA_FLAGS", None)
+    cmd = [sys.executable, str(HERE / "profile_step.py"), "--model", "smollm2_135m", "--mode", "full", "--out", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    print(proc.stdout if proc.returncode == 0 else f"  profile failed:\n{proc.stderr[-1500:]}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller shapes")
     parser.add_argument("--only", nargs="*", default=None, help="benchmark module names (bench_x)")
+    parser.add_argument("--no_profile", action="store_true", help="skip the traced SmolLM2 step (profile_step.py)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     names = args.only or discover()
@@ -66,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  [{status:4}] {r.name}: {r.value:.3g} {r.unit}{target}", flush=True)
         rows.extend(results)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+    if args.quick or args.only:  # a partial run must not overwrite the day's full results
+        stamp += "-quick" if args.quick else "-partial"
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     payload = {
@@ -77,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / f"{stamp}.json").write_text(json.dumps(payload, indent=2))
     table = to_markdown(rows, errors)
     (out_dir / f"{stamp}.md").write_text(table)
+    if not (args.quick or args.only or args.no_profile):
+        write_profile(out_dir / f"{stamp}-profile-smollm2_135m-full.md")
+    elif not args.no_profile:
+        print("(profile skipped in a partial run; run benchmarks/profile_step.py)")
     print("\n" + table)
     print(f"wrote {out_dir / (stamp + '.json')} in {payload['seconds']} s")
     return 0

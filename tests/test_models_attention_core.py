@@ -75,3 +75,4 @@ def test_bfloat16_compute_stays_close_to_float32():
     out = attention_core.grouped_query_attention(q, k, v, mask=mask, dtype=jnp.bfloat16)
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(out.astype(jnp.float32), reference_attention(q, k, v, mask=mask), atol=5e-2)
+

@@ -43,9 +43,9 @@ def apply_lora(model):
     return model, lora.trainable_filter()
 
 
-def train_step_seconds(model, batch, *, trainable, steps: int) -> tuple[list[float], float, int]:
-    """``(seconds per step, last summed loss, trainable count)`` of the trainer's jitted step on one device
-    (adamw, params/opt state donated), after one compile + warm-up step."""
+def compiled_step(model, batch, *, trainable):
+    """``(compiled step, mesh, [params, opt_state, step, frozen, batch])``: the trainer's jitted step on one device
+    (adamw, params/opt state donated), its arguments placed with the step's shardings."""
     import jax
     import numpy as np
     import optax
@@ -65,15 +65,25 @@ def train_step_seconds(model, batch, *, trainable, steps: int) -> tuple[list[flo
         step = jax.device_put(np.zeros((), np.int32), compiled.replicated)
         frozen = jax.device_put(frozen, compiled.frozen_shardings)
         batch = jax.device_put(dict(batch), compiled.batch_sharding)
-        params, opt_state, step, metrics = compiled.fn(params, opt_state, step, frozen, batch)  # compile + warm
+    return compiled, mesh, [params, opt_state, step, frozen, batch]
+
+
+def train_step_seconds(model, batch, *, trainable, steps: int) -> tuple[list[float], float, int]:
+    """``(seconds per step, last summed loss, trainable count)`` of :func:`compiled_step`, after one compile +
+    warm-up step."""
+    import jax
+
+    compiled, mesh, args = compiled_step(model, batch, trainable=trainable)
+    with jax.set_mesh(mesh):
+        args[0], args[1], args[2], metrics = compiled.fn(*args)  # compile + warm
         jax.block_until_ready(metrics["loss"])
         times = []
         for _ in range(steps):
             start = time.perf_counter()
-            params, opt_state, step, metrics = compiled.fn(params, opt_state, step, frozen, batch)
+            args[0], args[1], args[2], metrics = compiled.fn(*args)
             jax.block_until_ready(metrics["loss"])
             times.append(time.perf_counter() - start)
-    return times, float(metrics["loss"]), int(sum(x.size for x in jax.tree.leaves(params)))
+    return times, float(metrics["loss"]), int(sum(x.size for x in jax.tree.leaves(args[0])))
 
 
 def main() -> None:

@@ -175,14 +175,18 @@ def rope_inverse_frequencies(d: int, *, theta: float, llama3_scaling: Sequence[f
 
 
 def apply_rope(x: Array, positions: Array, *, theta: float, llama3_scaling: Sequence[float] | None = None) -> Array:
-    """Rotary embedding, HF-Llama "rotate half" layout. ``x [B, T, H, D]``, ``positions [B, T]``."""
+    """Rotary embedding, HF-Llama "rotate half" layout. ``x [B, T, H, D]``, ``positions [B, T]``.
+
+    The halves are a size-2 axis and "rotate half" is a flip of it (no concatenate, whose backward is a pad: both
+    were slow strided fusions on XLA:CPU)."""
     d = x.shape[-1]
     inv = rope_inverse_frequencies(d, theta=theta, llama3_scaling=llama3_scaling)
     ang = positions.astype(jnp.float32)[..., None] * inv  # [B, T, D/2]
-    cos, sin = jnp.cos(ang)[:, :, None, :], jnp.sin(ang)[:, :, None, :]
-    xf = x.astype(jnp.float32)
-    x1, x2 = xf[..., : d // 2], xf[..., d // 2:]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+    cos, sin = jnp.cos(ang)[:, :, None, None, :], jnp.sin(ang)[:, :, None, None, :]
+    signed_sin = jnp.array([-1.0, 1.0], jnp.float32)[:, None] * sin  # [B, T, 1, 2, D/2]: (-sin, +sin)
+    halves = x.astype(jnp.float32).reshape(x.shape[:-1] + (2, d // 2))
+    out = halves * cos + jnp.flip(halves, axis=-2) * signed_sin
+    return out.reshape(x.shape).astype(x.dtype)
 
 
 def relative_position_bucket(relative_position: Array, *, bidirectional: bool = True, num_buckets: int = 32,
