@@ -206,7 +206,6 @@ def child(shape_name: str, quick: bool) -> dict:
     return out
 
 
-
 def run(*, quick: bool = False) -> list[BenchResult]:
     import json
     import os

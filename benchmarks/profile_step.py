@@ -23,7 +23,6 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 MATMUL, LOOP, COPY, REDUCE, OTHER = "matmul", "elementwise (loop fusion)", "copy / transpose", "reduction", "other"
-_RUNTIME_EVENTS = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "end: ")
 
 
 def build_step(model_name: str, mode: str, seq_len: int, batch_size: int):
@@ -110,7 +109,7 @@ def profile(model_name: str, mode: str, seq_len: int, batch_size: int) -> dict:
     for plane in ProfileData.from_file(str(xplane)).planes:
         for line in plane.lines:
             for event in line.events:
-                if event.name.startswith(_RUNTIME_EVENTS) or event.name not in index:
+                if event.name not in index:  # runtime events (executor, thread pool), not HLO ops
                     continue
                 kind, shape, op = index[event.name]
                 by_kind[kind] += event.duration_ns / 1e9

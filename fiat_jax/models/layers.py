@@ -23,7 +23,6 @@ from fiat_jax.models import attention_core
 
 Array = jax.Array
 DType = Any
-NEG_INF = attention_core.NEG_INF
 
 
 def constrain(x: Array, names: Sequence[str | None]) -> Array:
