@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import pathlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import gin
 from gin import config as gin_config
@@ -197,3 +200,129 @@ def write_operative_config(model_dir: str | os.PathLike, *, filename: str = "con
     tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Declared argument checks: one validation pass over a configurable's operative values before any heavy work, so
+# ``--gin.train.batch_size=abc`` is one line naming the binding and the expected type, not a traceback later.
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """What one argument must be: ``kind`` ("int", "number", "bool", "str", "lengths"), a range, choices."""
+
+    kind: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+    optional: bool = False  # None allowed
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            text = {"int": "an integer", "number": "a number", "bool": "True or False", "str": "a non-empty string",
+                    "lengths": "a dict of feature name -> integer >= 1"}[self.kind]
+            if self.min is not None and self.max is not None:
+                text += f" in [{self.min:g}, {self.max:g}]"
+            elif self.min is not None:
+                text += f" >= {self.min:g}"
+            elif self.max is not None:
+                text += f" <= {self.max:g}"
+        return text + (" or None" if self.optional else "")
+
+    def convert(self, value: Any) -> Any:
+        """``value`` in its checked form (an integral float becomes an int); ValueError when it does not fit."""
+        if value is None:
+            if self.optional:
+                return None
+            raise ValueError
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ValueError
+            return value
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if self.kind == "str":
+            if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+                raise ValueError
+            return value
+        if self.kind == "lengths":
+            if not isinstance(value, Mapping) or not value:
+                raise ValueError
+            return {k: _INT_AT_LEAST_1.convert(v) for k, v in value.items()}
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError
+        if self.kind == "int":
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                value = int(value)
+        elif self.kind == "number":
+            if not math.isfinite(value):
+                raise ValueError
+        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+            raise ValueError
+        return value
+
+
+def integer(*, min: int | None = None, max: int | None = None, optional: bool = False) -> Check:  # noqa: A002
+    return Check("int", min=min, max=max, optional=optional)
+
+
+def number(*, min: float | None = None, max: float | None = None, optional: bool = False) -> Check:  # noqa: A002
+    return Check("number", min=min, max=max, optional=optional)
+
+
+def boolean() -> Check:
+    return Check("bool")
+
+
+def string(*, optional: bool = False) -> Check:
+    return Check("str", optional=optional)
+
+
+def one_of(*choices: Any, optional: bool = False) -> Check:
+    return Check("choice", choices=tuple(choices), optional=optional)
+
+
+def lengths() -> Check:
+    return Check("lengths")
+
+
+_INT_AT_LEAST_1 = integer(min=1)
+
+
+def _binding_source(configurable: str, param: str) -> str | None:
+    """The gin macro a parameter is bound to (``%TRAIN_STEPS`` -> "TRAIN_STEPS"), or None."""
+    try:
+        value = gin.query_parameter(f"{configurable}.{param}")
+    except (ValueError, KeyError):
+        return None
+    if isinstance(value, gin_config.ConfigurableReference) and value.configurable.selector == "gin.macro":
+        return value.scoped_selector.rsplit("/gin.macro", 1)[0]
+    return None
+
+
+def check_arguments(configurable: str, values: Mapping[str, Any], checks: Mapping[str, Check]) -> dict[str, Any]:
+    """Check ``values`` (a function's arguments) against ``checks``; returns them converted.
+
+    Raises one UserError for the first bad value, naming the gin binding (and the macro it comes from, which is
+    what the user typed: ``--gin.TRAIN_STEPS=ten``) and the expected type or range.
+    """
+    out = dict(values)
+    for param, check in checks.items():
+        if param not in values:
+            continue
+        try:
+            out[param] = check.convert(values[param])
+        except (ValueError, TypeError):
+            binding = f"{configurable}.{param}"
+            macro = _binding_source(configurable, param)
+            name = f"{macro} (bound to {binding})" if macro else binding
+            shown = values[param]
+            shown = f"{shown!r}" if isinstance(shown, (str, int, float, bool, type(None), dict, list, tuple)) \
+                else type(shown).__name__
+            raise UserError(f"{name} = {shown:.80}: expected {check.describe()}") from None
+    return out

@@ -11,6 +11,7 @@ a run with a different fingerprint refuses to resume there unless ``restore_anyw
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,6 +29,19 @@ from orbax.checkpoint import checkpoint_managers as ocm
 from fiat_jax.errors import UserError
 
 _log = logging.getLogger(__name__)
+
+# How long a save may take to finish (orbax's default is 20 minutes, during which a run whose directory has become
+# unwritable would sit waiting for nothing). Tiny and medium checkpoints finish in seconds; raise it through gin
+# for very large ones on slow storage.
+SAVE_TIMEOUT_S = 120
+
+
+class CheckpointSaveError(UserError):
+    """A checkpoint could not be written; the run stops and the last good checkpoint is kept."""
+
+
+class CheckpointMismatchError(UserError):
+    """A checkpoint that is readable but does not fit this model (other parameter names, shapes or dtypes)."""
 
 
 def _key_name(key: Any) -> str:
@@ -116,8 +130,18 @@ class Checkpoints:
                                       n=max(int(keep_best), 1), keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True,
-            preservation_policy=ocm.AnyPreservationPolicy(policies))
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+            preservation_policy=ocm.AnyPreservationPolicy(policies),
+            # Directories created synchronously: a directory that cannot be created fails the save at once,
+            # where orbax's background creation would leave the save waiting 300 s for a signal.
+            async_options=ocp.AsyncOptions(timeout_secs=int(SAVE_TIMEOUT_S),
+                                           create_directories_asynchronously=False))
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        except OSError as err:
+            raise UserError(f"checkpoint directory {self.directory}: {_os_reason(err)}") from None
+        self._failed = False
+        self._last_good = self.latest_step()
+        self._pending: int | None = None
 
     # -- fingerprint -------------------------------------------------------------------------------------------
     @property
@@ -125,10 +149,14 @@ class Checkpoints:
         return self.model_dir / "fingerprint.json"
 
     def check_fingerprint(self, current: Mapping[str, Any], *, restore_anyway: bool = False) -> None:
-        """Refuse a MODEL_DIR holding checkpoints of another model; record the fingerprint on first use."""
+        """Refuse a MODEL_DIR holding checkpoints of another model. Writes nothing: :meth:`record_fingerprint`
+        does, once a restore has succeeded (a failed ``restore_anyway`` must leave the directory as it was)."""
         path = self.fingerprint_path
         if path.is_file() and self.all_steps():
-            stored = json.loads(path.read_text())
+            try:
+                stored = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                raise UserError(f"{path} is unreadable ({type(err).__name__}); move it away to train here") from None
             if stored.get("hash") != current.get("hash"):
                 why = _first_difference(stored, current)
                 if not restore_anyway:
@@ -136,6 +164,10 @@ class Checkpoints:
                         f"MODEL_DIR {self.model_dir} holds checkpoints of a different model or config ({why}); "
                         f"use a new MODEL_DIR or pass --gin.train.restore_anyway=True")
                 _log.warning("restoring anyway although the fingerprint differs: %s", why)
+
+    def record_fingerprint(self, current: Mapping[str, Any]) -> None:
+        """Write ``fingerprint.json`` (process 0), after the restore (if any) has succeeded."""
+        path = self.fingerprint_path
         if jax.process_index() == 0:
             self.model_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -148,6 +180,10 @@ class Checkpoints:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def last_good_step(self) -> int | None:
+        """The newest step known to be complete on disk (a failed save's step is not)."""
+        return self._last_good
 
     def best_step(self) -> int | None:
         """The step whose saved metrics are best by ``best_metric`` (None without metrics)."""
@@ -165,11 +201,39 @@ class Checkpoints:
     # -- save / restore ------------------------------------------------------------------------------------------
     def save(self, step: int, state: Any, *, meta: Mapping[str, Any],
              metrics: Mapping[str, float] | None = None) -> None:
-        """Start an (async) save of ``state`` at ``step``; raises an earlier async save's error, if any."""
+        """Start an (async) save of ``state`` at ``step``.
+
+        Raises :class:`CheckpointSaveError` when this save or an earlier async one failed (orbax reports an
+        async failure at the next save or wait); the steps before it are untouched on disk.
+        """
         args = ocp.args.Composite(state=ocp.args.StandardSave(to_nested(state)),
                                   meta=ocp.args.JsonSave(dict(meta) | {"step": int(step)}))
         clean_metrics = {k: float(v) for k, v in (metrics or {}).items()} or None
-        self.manager.save(int(step), args=args, metrics=clean_metrics, force=True)
+        with self._save_errors(int(step)):
+            self.manager.save(int(step), args=args, metrics=clean_metrics, force=True)
+        self._pending = int(step)
+        if not self.manager._options.enable_async_checkpointing:  # noqa: SLF001 (a plain bool of our own options)
+            self._completed()
+
+    def _completed(self) -> None:
+        if self._pending is not None:
+            self._last_good = self._pending
+            self._pending = None
+
+    @contextlib.contextmanager
+    def _save_errors(self, step: int | None):
+        if self._failed:
+            raise CheckpointSaveError(f"an earlier checkpoint save to {self.directory} failed")
+        try:
+            yield
+        except Exception as err:  # orbax raises whatever the file system or its own threads raised
+            self._failed = True
+            at = self._pending if self._pending is not None else step
+            good = self._last_good
+            raise CheckpointSaveError(
+                f"saving checkpoint step {at} to {self.directory} failed ({_exception_reason(err)}); stopped. "
+                f"Last good checkpoint: {'step ' + str(good) if good is not None else 'none'}") from err
+        self._completed()
 
     def restore(self, abstract_state: Any, *, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
         """``(state, meta)`` from ``step`` (default: newest readable) into ``abstract_state``'s shardings.
@@ -181,6 +245,11 @@ class Checkpoints:
         target = to_nested(abstract_state)
         errors = []
         for candidate in steps:
+            mismatch = self._mismatch(candidate, target)
+            if mismatch:  # readable, but of another model: no older step would fit either, and none is moved
+                raise CheckpointMismatchError(
+                    f"checkpoint step {candidate} in {self.directory} does not fit this model ({mismatch}); "
+                    f"use a new MODEL_DIR, or the model config it was trained with")
             try:
                 restored = self.manager.restore(candidate, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
@@ -212,12 +281,64 @@ class Checkpoints:
                     _log.warning("moved unreadable checkpoint step %d to %s", step, target)
         self.manager.reload()
 
+    def _mismatch(self, step: int, target: Mapping[str, Any]) -> str | None:
+        """The first parameter whose name, shape or dtype differs between step ``step`` and ``target``; None
+        when they agree or when the step's metadata is unreadable (then the restore itself decides)."""
+        try:
+            stored_tree = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state").item_metadata
+            stored = {"/".join(names): leaf for names, leaf in leaf_paths(stored_tree)}
+        except Exception:  # noqa: BLE001 (unreadable metadata: the restore reports it as unreadable)
+            return None
+        wanted = {"/".join(names): leaf for names, leaf in leaf_paths(target)}
+        missing = sorted(set(wanted) - set(stored))
+        if missing:
+            return f"{missing[0]} is not in the checkpoint" + (f" (+{len(missing) - 1} more)" if len(missing) > 1
+                                                               else "")
+        extra = sorted(set(stored) - set(wanted))
+        if extra:
+            return f"the checkpoint has {extra[0]}, which this model lacks"
+        for name in sorted(wanted):
+            want, have = wanted[name], stored[name]
+            want_shape, have_shape = tuple(getattr(want, "shape", ())), tuple(getattr(have, "shape", ()) or ())
+            if want_shape != have_shape:
+                return f"{name}: checkpoint shape {have_shape}, model shape {want_shape}"
+            want_dtype, have_dtype = getattr(want, "dtype", None), getattr(have, "dtype", None)
+            if want_dtype is not None and have_dtype is not None and np.dtype(want_dtype) != np.dtype(have_dtype):
+                return f"{name}: checkpoint dtype {np.dtype(have_dtype)}, model dtype {np.dtype(want_dtype)}"
+        return None
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for the async save in flight (bounded by SAVE_TIMEOUT_S); CheckpointSaveError if it failed."""
+        if self._failed:
+            return
+        with self._save_errors(None):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:  # noqa: BLE001 (closing after a failed save: the save's error is the one to report)
+                if not self._failed:
+                    raise
+
+
+def _os_reason(err: OSError) -> str:
+    return os.strerror(err.errno).lower() if err.errno else (str(err) or type(err).__name__)
+
+
+def _exception_reason(err: BaseException) -> str:
+    """The innermost OSError's reason (orbax wraps them), else the first line of the message."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            where = f": {seen.filename}" if getattr(seen, "filename", None) else ""
+            return _os_reason(seen) + where
+        seen = seen.__cause__ or seen.__context__
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

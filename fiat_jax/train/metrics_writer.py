@@ -20,15 +20,29 @@ import jax
 class MetricsWriter:
     """Scalars to TensorBoard ``MODEL_DIR/tb/<split>`` and ``metrics.jsonl``; call :meth:`close` at the end."""
 
-    def __init__(self, model_dir: str | os.PathLike, *, tensorboard: bool = True):
+    def __init__(self, model_dir: str | os.PathLike, *, tensorboard: bool = True, resume_step: int | None = None):
+        """``resume_step``: the step training restarts from; rows past it (written by a run that died before
+        its next checkpoint) are dropped first, so that every step appears exactly once across resumes."""
         self.model_dir = pathlib.Path(model_dir)
+        self.path = self.model_dir / "metrics.jsonl"
         self.enabled = jax.process_index() == 0
         self._tb: dict[str, Any] = {}
         self._tensorboard = tensorboard
         self._jsonl = None
         if self.enabled:
             self.model_dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(self.model_dir / "metrics.jsonl", "a", buffering=1)
+            if resume_step is not None:
+                drop_rows_after(self.path, resume_step)
+            self._jsonl = open(self.path, "a", buffering=1)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the rows past ``step`` (a failed checkpoint save: no checkpoint holds those steps)."""
+        if not self.enabled:
+            return
+        if self._jsonl is not None:
+            self._jsonl.close()
+        drop_rows_after(self.path, step)
+        self._jsonl = open(self.path, "a", buffering=1)
 
     def _writer(self, split: str) -> Any:
         if split not in self._tb:
@@ -62,6 +76,33 @@ class MetricsWriter:
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
+
+
+def drop_rows_after(path: pathlib.Path, step: int) -> int:
+    """Rewrite ``path`` (atomically) without rows whose step is past ``step``, or torn lines; returns the number
+    dropped. A file with nothing to drop is left untouched."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    raw = path.read_text(encoding="utf-8", errors="replace")
+    for line in raw.splitlines():
+        try:
+            row_step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):  # a torn last line of a killed run
+            dropped += 1
+            continue
+        if row_step > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped or (raw and not raw.endswith("\n")):
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return dropped
 
 
 class _TfSummaryWriter:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import pathlib
 import signal
 import threading
 import time
@@ -25,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from fiat_jax import gin_utils, partitioning
+from fiat_jax import gin_utils, partitioning, run_dirs
 from fiat_jax.errors import UserError
 from fiat_jax.train import checkpoints as ckpt_lib
 from fiat_jax.train import input_pipeline, optimizers, train_step
@@ -82,6 +83,35 @@ def build_model(model_factory: ModelFactory, *, seed: int, mesh: jax.sharding.Me
     return model
 
 
+# The declared type and range of train()'s configurable values, checked before any work (gin_utils.check_arguments).
+TRAIN_ARGUMENT_CHECKS: dict[str, gin_utils.Check] = {
+    "model_dir": gin_utils.string(),
+    "train_steps": gin_utils.integer(min=0),
+    "mixture_or_task_name": gin_utils.string(),
+    "task_feature_lengths": gin_utils.lengths(),
+    "batch_size": gin_utils.integer(min=1),
+    "split": gin_utils.string(),
+    "pack": gin_utils.boolean(),
+    "shuffle": gin_utils.boolean(),
+    "use_cached": gin_utils.boolean(),
+    "seed": gin_utils.integer(min=0),
+    "num_devices": gin_utils.integer(min=1, optional=True),
+    "grad_accum_steps": gin_utils.integer(min=1),
+    "z_loss": gin_utils.number(min=0),
+    "compute_dtype": gin_utils.one_of("bfloat16", "float16", "float32", optional=True),
+    "checkpoint_every_steps": gin_utils.integer(min=1),
+    "keep_checkpoints": gin_utils.integer(min=1),
+    "best_mode": gin_utils.one_of("min", "max"),
+    "async_checkpointing": gin_utils.boolean(),
+    "restore_anyway": gin_utils.boolean(),
+    "log_every_steps": gin_utils.integer(min=1),
+    "eval_every_steps": gin_utils.integer(min=1, optional=True),
+    "prefetch_depth": gin_utils.integer(min=1),
+    "progress_bar": gin_utils.boolean(),
+    "tensorboard": gin_utils.boolean(),
+}
+
+
 def _global_sum(metrics: list[Mapping[str, jax.Array]]) -> list[dict[str, float]]:
     host = jax.device_get(metrics)
     return [{k: float(np.asarray(v)) for k, v in m.items()} for m in host]
@@ -130,13 +160,22 @@ def train(*,
     metrics logged under ``eval/`` every ``eval_every_steps`` (and usable as ``best_metric``). Raises
     :class:`TrainingDivergedError` on a NaN/inf loss, naming the step.
     """
+    checked = gin_utils.check_arguments("train", {name: value for name, value in locals().items()
+                                                  if name in TRAIN_ARGUMENT_CHECKS}, TRAIN_ARGUMENT_CHECKS)
+    train_steps, batch_size, seed = checked["train_steps"], checked["batch_size"], checked["seed"]
+    grad_accum_steps, checkpoint_every_steps = checked["grad_accum_steps"], checked["checkpoint_every_steps"]
+    log_every_steps, eval_every_steps = checked["log_every_steps"], checked["eval_every_steps"]
+    task_feature_lengths = checked["task_feature_lengths"]
+    if batch_size % grad_accum_steps:
+        raise UserError(f"train.batch_size {batch_size} is not divisible by train.grad_accum_steps "
+                        f"{grad_accum_steps}")
+    run_dirs.check_writable_dir(model_dir, what="MODEL_DIR")
+    run_dirs.check_writable_dir(pathlib.Path(model_dir) / "checkpoints", what="checkpoint directory",
+                                create=False)
     if not jax.distributed.is_initialized():
         partitioning.initialize_distributed()  # a no-op on one host
     if register_tasks is not None:
         register_tasks()
-    train_steps = int(train_steps)
-    if batch_size % grad_accum_steps:
-        raise UserError(f"batch_size {batch_size} is not divisible by grad_accum_steps {grad_accum_steps}")
     devices = jax.devices()[:num_devices] if num_devices else jax.devices()
     the_mesh = partitioning.make_mesh(mesh, devices=devices)
     divisor = train_step.batch_divisor(the_mesh)
@@ -179,10 +218,8 @@ def train(*,
                      "step": compiled.replicated}
         start_batch = 0
         if ckpts.latest_step() is not None:
-            try:
-                restored = ckpts.restore(ckpt_lib.abstract_with_shardings(state, shardings))
-            except (ValueError, KeyError, TypeError) as err:
-                raise UserError(f"checkpoint in {ckpts.directory} does not fit this model: {err}") from err
+            # Raises CheckpointMismatchError ("does not fit this model") or a UserError ("unreadable").
+            restored = ckpts.restore(ckpt_lib.abstract_with_shardings(state, shardings))
             if restored is not None:
                 state, meta = restored
                 start_batch = int(meta.get("input_batches", meta["step"]))
@@ -190,15 +227,19 @@ def train(*,
         params, opt_state, step_arr = state["params"], state["opt_state"], state["step"]
         del state
         step = int(jax.device_get(step_arr))
+        # Nothing is written into MODEL_DIR before the restore has succeeded.
+        ckpts.record_fingerprint(print_)
         gin_utils.write_operative_config(model_dir)
 
         if feature_converter is None:
             feature_converter = input_pipeline.feature_converter_for(getattr(model, "model_kind", "decoder"),
                                                                      pack=pack)
-        writer = MetricsWriter(model_dir, tensorboard=tensorboard)
+        # Rows past the restored step (a killed run's) are dropped: each step appears once in metrics.jsonl.
+        writer = MetricsWriter(model_dir, tensorboard=tensorboard, resume_step=step)
         result_metrics: dict[str, float] = {}
         preempted = False
         prefetcher = None
+        progress = None
         last_saved = step if ckpts.latest_step() == step else None
         last_eval: tuple[int, dict[str, float]] | None = None
         n_trainable = int(sum(x.size for x in jax.tree.leaves(params)))
@@ -273,9 +314,14 @@ def train(*,
                 def save(at: int) -> None:
                     nonlocal last_saved
                     flush()
-                    ckpts.save(at, {"params": params, "opt_state": opt_state, "step": step_arr},
-                               meta={"input_batches": at, "fingerprint": print_["hash"]},
-                               metrics=result_metrics or None)
+                    try:
+                        ckpts.save(at, {"params": params, "opt_state": opt_state, "step": step_arr},
+                                   meta={"input_batches": at, "fingerprint": print_["hash"]},
+                                   metrics=result_metrics or None)
+                    except ckpt_lib.CheckpointSaveError:
+                        # No checkpoint holds the steps after the last good one: neither may metrics.jsonl.
+                        writer.truncate_after(ckpts.last_good_step() or 0)
+                        raise
                     last_saved = at
 
                 with _Preemption() as preemption:
@@ -306,12 +352,18 @@ def train(*,
                             run_eval()
                         _write_results(model_dir, last_eval[1], tokens_seen=step * (tokens_per_step or 0),
                                        params_trained=n_trainable, task=mixture_or_task_name, steps=step)
-                progress.close()
         finally:
+            if progress is not None:
+                progress.close()  # also on an error, so its message starts on a line of its own
             if prefetcher is not None:
                 prefetcher.close()
-            ckpts.close()
-            writer.close()
+            try:
+                ckpts.close()
+            except ckpt_lib.CheckpointSaveError:
+                writer.truncate_after(ckpts.last_good_step() or 0)
+                raise
+            finally:
+                writer.close()
         gin_utils.write_operative_config(model_dir)
         final_model = nnx.merge(graphdef, params, frozen)
     return TrainResult(step=step, metrics=result_metrics, model=final_model, preempted=preempted)
