@@ -155,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # Gin appends "In call to configurable ..." lines; the first line is the message.
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        print(f"fiat: error: {first_line}", file=sys.stderr)
+        from fiat_jax.redact import redact  # never echo a value that looks like a key (a key given as a flag)
+
+        print(f"fiat: error: {redact(first_line)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fiat: interrupted", file=sys.stderr)

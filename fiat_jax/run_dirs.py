@@ -21,36 +21,31 @@ def describe_os_error(err: OSError) -> str:
     return str(err) or type(err).__name__
 
 
-def check_writable_dir(path: str | os.PathLike, *, what: str, create: bool = True) -> pathlib.Path:
-    """Make sure ``path`` is (or can be made) a directory this process can create files in.
+def check_writable_dir(path: str | os.PathLike, *, what: str) -> pathlib.Path:
+    """Raise a one-line UserError unless ``path`` is a directory this process can create files in, or can be
+    created as one. Leaves nothing on disk: a missing directory is created later by its writer; here its nearest
+    existing ancestor is checked instead.
 
-    ``create=False`` checks only a directory that already exists (one that does not is created later, by its
-    writer, inside a parent checked here). Writability is probed by creating and removing a file, which is the
-    only test that holds for root, read-only mounts and immutable directories alike.
+    Writability is probed by creating and removing a file, the only test that holds for root (who ignores mode
+    bits), read-only mounts and immutable (``chattr +i``) directories alike.
     """
     path = pathlib.Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} is a file, not a directory")
-    if not path.exists():
-        if not create:
-            return path
-        for parent in path.parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise UserError(f"{what} {path}: {parent} is a file, not a directory")
-                break
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"{what} {path}: cannot create it ({describe_os_error(err)})") from None
-    probe = path / f".fiat_write_probe.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {path} cannot be created: {existing} is a file, not a directory")
+    probe = existing / f".fiat_write_probe.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
         with open(probe, "w"):
             pass
     except OSError as err:
-        reason = "not writable" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else None
-        raise UserError(f"{what} {path} is {reason} ({describe_os_error(err)})" if reason else
-                        f"{what} {path}: cannot write in it ({describe_os_error(err)})") from None
+        where = f"{what} {path}" + ("" if existing == path else f" cannot be created: {existing}")
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"{where} is not writable ({describe_os_error(err)})") from None
+        raise UserError(f"{where}: cannot write in it ({describe_os_error(err)})") from None
     try:
         probe.unlink()
     except OSError:

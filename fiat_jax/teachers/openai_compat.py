@@ -28,6 +28,7 @@ from typing import Any
 import gin
 
 from fiat_jax.errors import UserError
+from fiat_jax.redact import is_env_name, looks_like_secret
 from fiat_jax.teachers import base
 
 _log = logging.getLogger(__name__)
@@ -93,6 +94,13 @@ class OpenAICompatTeacher:
         self.base_url = url if url.endswith("/v1") else url + "/v1"
         self.model = str(model)
         self.api_key_env = api_key_env or None
+        if self.api_key_env is not None and (looks_like_secret(self.api_key_env)
+                                             or not is_env_name(self.api_key_env)):
+            # Never echo it: it is most likely the key itself, given where its variable's name belongs.
+            raise UserError("openai_compat: api_key_env (TEACHER_API_KEY_ENV) must be the NAME of an environment "
+                            "variable holding the key, and what was given is not a variable name (it looks like "
+                            "the key itself, which was not printed): export OPENAI_API_KEY=<key> and pass "
+                            "--gin.TEACHER_API_KEY_ENV=OPENAI_API_KEY")
         if self.api_key_env is not None and not os.environ.get(self.api_key_env):
             raise UserError(f"openai_compat: the API key variable ${self.api_key_env} is not set "
                             f"(export it, or bind openai_compat_teacher.api_key_env = None for a keyless server)")

@@ -28,6 +28,7 @@ from typing import Any
 
 import gin
 
+from fiat_jax import run_dirs
 from fiat_jax.errors import UserError
 from fiat_jax.teachers import base, recipes
 
@@ -115,10 +116,13 @@ class _Appender:
     """Appends one JSON row per call, flushed and fsync'd before returning."""
 
     def __init__(self, path: pathlib.Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._path = path
+        self._fd: int | None = None  # opened at the first row: a run that gets no reply creates no file
 
     def write(self, row: Mapping[str, Any]) -> None:
+        if self._fd is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(str(self._path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
         view = memoryview(data)
         while view:
@@ -126,7 +130,9 @@ class _Appender:
         os.fsync(self._fd)
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,6 +218,8 @@ def teach(*, teacher: Any, recipe: str, task: str, output_dir: str, split: str =
     rec = recipes.load(recipe)
     if not output_dir:
         raise UserError("teach: no output directory (pass --gin.OUTPUT_DIR=...)")
+    run_dirs.check_writable_dir(output_dir, what="OUTPUT_DIR")
+    run_dirs.check_writable_dir(pathlib.Path(output_dir).expanduser() / task, what="teach output directory")
     identity = _identity(teacher)
     if register_tasks is not None:
         register_tasks()
@@ -261,8 +269,16 @@ def teach(*, teacher: Any, recipe: str, task: str, output_dir: str, split: str =
             prompts.append(rec.render(values))
             owner.append(k)
     _preflight(teacher, prompts, decoding)
-    task_dir.mkdir(parents=True, exist_ok=True)
-    _write_config(task_dir / f"{split}.config.gin")
+    config_written = False
+
+    def first_reply() -> None:
+        """The run's config goes next to its outputs once there is a reply to describe (a refused key or a dead
+        server on the first request leaves the previous run's config as it was)."""
+        nonlocal config_written
+        if not config_written:
+            task_dir.mkdir(parents=True, exist_ok=True)
+            _write_config(task_dir / f"{split}.config.gin")
+            config_written = True
 
     parts: dict[int, dict[int, str]] = {}
     need = [0] * len(todo)
@@ -285,6 +301,7 @@ def teach(*, teacher: Any, recipe: str, task: str, output_dir: str, split: str =
                 if k in failures:
                     continue
                 ex_id = str(todo[k]["id"])
+                first_reply()
                 if isinstance(res, base.Failure):
                     failures[k] = {"id": ex_id, "reason": res.reason, "attempts": res.attempts}
                     bar.update(1)
@@ -384,9 +401,9 @@ def _teach_task_scope(teacher: Any, rec: recipes.Recipe, examples: Sequence[Mapp
             print(f"teach: {path} already written", file=sys.stderr)
             return TeachSummary(str(path), 1, 1, 0, 0, _requests(teacher), time.perf_counter() - start)
     _preflight(teacher, [prompt], decoding)
-    task_dir.mkdir(parents=True, exist_ok=True)
-    _write_config(task_dir / f"{meta['split']}.config.gin")
     (_, res), = list(base.stream(teacher, [prompt], **decoding))
+    task_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(task_dir / f"{meta['split']}.config.gin")  # after the reply (see first_reply in teach)
     reason = res.reason if isinstance(res, base.Failure) else None
     if reason is None:
         try:

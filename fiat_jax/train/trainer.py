@@ -170,8 +170,7 @@ def train(*,
         raise UserError(f"train.batch_size {batch_size} is not divisible by train.grad_accum_steps "
                         f"{grad_accum_steps}")
     run_dirs.check_writable_dir(model_dir, what="MODEL_DIR")
-    run_dirs.check_writable_dir(pathlib.Path(model_dir) / "checkpoints", what="checkpoint directory",
-                                create=False)
+    run_dirs.check_writable_dir(pathlib.Path(model_dir) / "checkpoints", what="checkpoint directory")
     if not jax.distributed.is_initialized():
         partitioning.initialize_distributed()  # a no-op on one host
     if register_tasks is not None:
