@@ -328,6 +328,7 @@ def test_teach_output_dir_that_is_a_file(tmp_path, capsys, shared_data_dir):
     assert out.read_text() == "a file"
 
 
+@pytest.mark.slow  # trains a toy model
 def test_diverged_run_closes_the_progress_bar_before_its_error(tmp_path, capfd):
     import test_train_loop as L
     from fiat_jax.train import trainer

@@ -234,6 +234,15 @@ def toy_train(model_dir: str, steps: int, *, factory=tiny_encdec, kind: str = "c
                          async_checkpointing=async_checkpointing, **kwargs)
 
 
+def assert_close_to_scale(actual, desired, *, rel: float, err_msg: str = "") -> None:
+    """``|actual - desired| <= rel * max|desired|`` everywhere: fp32 reordering errors scale with the tensor's
+    magnitude, so an element near zero may differ by more than its own size (a per-element rtol fails there)."""
+    actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
+    scale = float(np.max(np.abs(desired))) if desired.size else 0.0
+    np.testing.assert_allclose(actual, desired, rtol=0, atol=rel * max(scale, float(np.finfo(np.float32).tiny)),
+                               err_msg=err_msg)
+
+
 def final_params(model_dir: str) -> dict[str, np.ndarray]:
     """The newest checkpoint's trainable parameters as ``{"a/b/kernel": array}``."""
     import orbax.checkpoint as ocp

@@ -74,9 +74,13 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     two = H.toy_train(str(tmp_path / "b"), 3, batch_size=16, grad_accum_steps=4, async_checkpointing=False)
     a, b = H.final_params(str(tmp_path / "a")), H.final_params(str(tmp_path / "b"))
     assert a.keys() == b.keys()
+    # Summing 4 micro-batch gradients reassociates the fp32 sums, and Adam divides each update by the gradient's
+    # own size, so an element whose gradient is near zero can move by far more than eps times its value: the
+    # error is bounded relative to the tensor's magnitude, not the element's (fp32 eps 1.2e-7; 1e-4 leaves ~800
+    # eps of headroom over 3 steps, while a wrong accumulation, e.g. a dropped micro-batch, moves every element).
     for name in a:
-        np.testing.assert_allclose(a[name], b[name], atol=2e-6, err_msg=name)
-    assert one.metrics["train/loss"] == pytest.approx(two.metrics["train/loss"], rel=1e-5)
+        H.assert_close_to_scale(b[name], a[name], rel=1e-4, err_msg=name)
+    assert one.metrics["train/loss"] == pytest.approx(two.metrics["train/loss"], rel=1e-4)
 
 
 def test_run_dir_layout_and_resume(tmp_path):
