@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import numbers
 import os
 import pathlib
 import re
@@ -241,9 +242,9 @@ class Check:
                 raise ValueError
             return value
         if self.kind == "bool":
-            if not isinstance(value, bool):
+            if not isinstance(value, bool) and not _numpy_bool(value):
                 raise ValueError
-            return value
+            return bool(value)
         if self.kind == "str":
             if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
                 raise ValueError
@@ -252,19 +253,24 @@ class Check:
             if not isinstance(value, Mapping) or not value:
                 raise ValueError
             return {k: _INT_AT_LEAST_1.convert(v) for k, v in value.items()}
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or _numpy_bool(value) or not isinstance(value, numbers.Real):
             raise ValueError
         if self.kind == "int":
-            if isinstance(value, float):
-                if not value.is_integer():
+            if not isinstance(value, numbers.Integral):
+                if not float(value).is_integer():
                     raise ValueError
-                value = int(value)
+            value = int(value)
         elif self.kind == "number":
             if not math.isfinite(value):
                 raise ValueError
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
             raise ValueError
         return value
+
+
+def _numpy_bool(value: Any) -> bool:
+    """numpy's bool scalar (not an int subclass, and not imported here: gin_utils stays light)."""
+    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
 
 
 def integer(*, min: int | None = None, max: int | None = None, optional: bool = False) -> Check:  # noqa: A002

@@ -222,7 +222,7 @@ def test_checkpoint_save_failing_mid_run_stops_promptly_keeping_the_last_good_on
 # 3. Restores write nothing until they succeed; "does not fit" is not "unreadable".
 
 @pytest.mark.slow  # trains a toy model (a few compiles)
-def test_restore_anyway_into_another_shape_writes_nothing_and_says_it_does_not_fit(tmp_path, capfd):
+def test_restore_anyway_into_another_shape_writes_nothing_and_says_it_does_not_fit(tmp_path, capfd, caplog):
     from fiat_jax.train import checkpoints
 
     model_dir = tmp_path / "run"
@@ -235,7 +235,7 @@ def test_restore_anyway_into_another_shape_writes_nothing_and_says_it_does_not_f
                              r"model shape \(.*48.*\)\)"):
         H.toy_train(str(model_dir), 4, factory=wider, restore_anyway=True)
     out = capfd.readouterr()
-    assert "Event loop is closed" not in out.err + out.out
+    assert "Event loop is closed" not in out.err + out.out + caplog.text
     assert snapshot(model_dir) == before  # fingerprint.json, config.gin, metrics.jsonl, checkpoints untouched
     assert H.toy_train(str(model_dir), 4, checkpoint_every_steps=2).step == 4  # its own model still resumes
 
