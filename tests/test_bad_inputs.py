@@ -329,6 +329,28 @@ def test_teach_output_dir_that_is_a_file(tmp_path, capsys, shared_data_dir):
 
 
 @pytest.mark.slow  # trains a toy model
+def test_teach_unwritable_output_dir_and_cache_dir(tmp_path, capsys, shared_data_dir):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    common = ["teach", "--gin_file=teachers/openai_compat.gin", "--gin.TEACHER_MODEL=fake-model",
+              "--gin.TEACH_TASK=mgsm_en", f"--gin.register_all.data_dir={shared_data_dir}"]
+    with unwritable(locked):
+        rc = cli.main([*common, f"--gin.OUTPUT_DIR={locked}", f"--gin.TEACHER_CACHE={tmp_path / 'c.sqlite'}"])
+        assert rc == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"fiat: error: OUTPUT_DIR {locked} is not writable (")
+        import gin
+
+        gin.clear_config()
+        rc = cli.main([*common, f"--gin.OUTPUT_DIR={tmp_path / 'out'}",
+                       f"--gin.TEACHER_CACHE={locked / 'sub' / 'c.sqlite'}"])
+        assert rc == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"fiat: error: teacher cache directory {locked / 'sub'} cannot be created: {locked} "
+                               f"is not writable (")
+    assert list(locked.iterdir()) == [] and not (tmp_path / "out").exists()
+
+
 def test_diverged_run_closes_the_progress_bar_before_its_error(tmp_path, capfd):
     import test_train_loop as L
     from fiat_jax.train import trainer

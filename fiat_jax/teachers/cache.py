@@ -23,6 +23,7 @@ from typing import Any
 
 import gin
 
+from fiat_jax import run_dirs
 from fiat_jax.errors import UserError
 from fiat_jax.teachers import base
 
@@ -50,6 +51,7 @@ class TeacherCache:
 
     def __init__(self, path: str | os.PathLike):
         self.path = pathlib.Path(path).expanduser()
+        run_dirs.check_writable_dir(self.path.parent, what="teacher cache directory")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(self.path), timeout=60.0, check_same_thread=False,

@@ -263,6 +263,7 @@ class Checkpoints:
                 continue
             if errors:
                 self._set_aside([int(e.split(":")[0]) for e in errors])
+            self._last_good = int(candidate)
             return from_nested(abstract_state, restored.state), dict(restored.meta)
         if errors:
             raise UserError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)})")
@@ -290,6 +291,8 @@ class Checkpoints:
         except Exception:  # noqa: BLE001 (unreadable metadata: the restore reports it as unreadable)
             return None
         wanted = {"/".join(names): leaf for names, leaf in leaf_paths(target)}
+        if not set(stored) & set(wanted):  # no tree, or nothing in common: damaged metadata, not another model
+            return None
         missing = sorted(set(wanted) - set(stored))
         if missing:
             return f"{missing[0]} is not in the checkpoint" + (f" (+{len(missing) - 1} more)" if len(missing) > 1
