@@ -171,19 +171,6 @@ def test_writable_dir_check_leaves_nothing_behind(tmp_path):
 
 
 @pytest.mark.slow  # trains a toy model (a few compiles)
-def test_checkpoint_dir_unwritable_before_a_resume_stops_at_once(tmp_path):
-    model_dir = tmp_path / "run"
-    H.toy_train(str(model_dir), 4, checkpoint_every_steps=2)
-    before = snapshot(model_dir)
-    start = time.perf_counter()
-    with unwritable(model_dir / "checkpoints"):
-        with pytest.raises(UserError, match=rf"^checkpoint directory {model_dir / 'checkpoints'} is not writable"):
-            H.toy_train(str(model_dir), 8, checkpoint_every_steps=2)
-    assert time.perf_counter() - start < 30
-    assert snapshot(model_dir) == before
-
-
-@pytest.mark.slow  # trains a toy model (a few compiles)
 def test_checkpoint_save_failing_mid_run_stops_promptly_keeping_the_last_good_one(tmp_path):
     """The checkpoint directory turns unwritable during the run (after step 2's save): the step-4 save fails at
     once (no 300 s wait), step 2 stays intact, metrics.jsonl holds no row past it, and a later run resumes there."""
@@ -244,11 +231,21 @@ def test_restore_anyway_into_another_shape_writes_nothing_and_says_it_does_not_f
 # 4. Exactly-once metrics rows across resumes.
 
 @pytest.mark.slow  # trains a toy model (a few compiles)
-def test_rows_past_the_restored_step_are_dropped_on_resume(tmp_path):
+def test_unwritable_checkpoints_refused_at_once_then_rows_past_the_restored_step_dropped(tmp_path):
+    """(One toy run serves both cases.) A checkpoint directory made unwritable before a resume is refused before
+    any work, everything left as it was; then a resume drops the rows a killed run logged past its checkpoint."""
     import shutil
 
     model_dir = tmp_path / "run"
     H.toy_train(str(model_dir), 6, checkpoint_every_steps=4)
+    before = snapshot(model_dir)
+    start = time.perf_counter()
+    with unwritable(model_dir / "checkpoints"):
+        with pytest.raises(UserError, match=rf"^checkpoint directory {model_dir / 'checkpoints'} is not writable"):
+            H.toy_train(str(model_dir), 8, checkpoint_every_steps=4)
+    assert time.perf_counter() - start < 30
+    assert snapshot(model_dir) == before
+
     shutil.rmtree(model_dir / "checkpoints" / "6")  # as if killed after logging steps 5-6, before their save
     with open(model_dir / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "spl')  # and a torn last line
