@@ -71,4 +71,4 @@ def test_accelerator_extras_match_the_jax_pin():
         import tpu
     finally:
         sys.path.pop(0)
-    assert tpu.JAX_TPU in extras["tpu"]  # the pods install what `pip install '.[tpu]'` installs
+    assert tpu.INSTALL_EXTRA == ".[tpu]"  # the pods install what `pip install '.[tpu]'` installs
