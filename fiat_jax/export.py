@@ -104,7 +104,10 @@ def export_run(*, model_dir: str, format: str, out: str | None = None,  # noqa: 
             written = target
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            ci.export_gguf(merged, target, config=config, quant=quant)
+            tokenizer = gguf_tokenizer_of(_base_checkpoint())
+            if tokenizer is None:
+                _log.warning("the run's base checkpoint is not a GGUF: the exported GGUF holds no tokenizer")
+            ci.export_gguf(merged, target, config=config, quant=quant, tokenizer=tokenizer)
             written = target
     print(f"fiat export: wrote {format} to {written}")
     return written
@@ -116,6 +119,34 @@ def _require_lora_before_restoring(model_dir: pathlib.Path) -> None:
     if b.get("model_transform") is None:
         raise UserError(f"fiat export --format=peft: the run in {model_dir} has no LoRA adapters "
                         f"(train.model_transform is unset); use --format=merged or --format=gguf")
+
+
+_GGUF_TOKENIZER_KEYS = {"tokens": "tokenizer.ggml.tokens", "merges": "tokenizer.ggml.merges",
+                        "token_types": "tokenizer.ggml.token_type", "pre": "tokenizer.ggml.pre",
+                        "eos_id": "tokenizer.ggml.eos_token_id", "bos_id": "tokenizer.ggml.bos_token_id",
+                        "unk_id": "tokenizer.ggml.unknown_token_id", "pad_id": "tokenizer.ggml.padding_token_id",
+                        "chat_template": "tokenizer.chat_template"}
+
+
+def gguf_tokenizer_of(checkpoint: str | None) -> dict[str, Any] | None:
+    """The tokenizer of a GGUF base (``embedded:...`` or a ``.gguf`` path) as :func:`export_gguf` takes it, so
+    the exported file carries the tokenizer llama.cpp needs; None for other bases."""
+    if not checkpoint:
+        return None
+    from fiat_jax.models import checkpoint_gguf, embedded
+
+    if str(checkpoint).startswith("embedded:"):
+        path = embedded.embedded_gguf_path()
+    elif str(checkpoint).endswith(".gguf"):
+        path = pathlib.Path(checkpoint).expanduser()
+    else:
+        return None
+    g = checkpoint_gguf.GGUFFile(path)
+    if g.get("tokenizer.ggml.model") != "gpt2" or g.get("tokenizer.ggml.tokens") is None:
+        return None
+    out = {ours: g.get(key) for ours, key in _GGUF_TOKENIZER_KEYS.items() if g.get(key) is not None}
+    out.setdefault("merges", [])
+    return out
 
 
 def _base_checkpoint() -> str | None:

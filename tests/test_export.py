@@ -89,6 +89,28 @@ def test_export_formats_read_back_with_the_trained_logits(lora_run, tmp_path):
                                atol=1e-4)
 
 
+def test_gguf_export_carries_the_base_gguf_tokenizer(tmp_path):
+    from fiat_jax import export
+    from fiat_jax.models import checkpoint_gguf, checkpoint_import as ci
+    from fiat_jax.models.decoder import DecoderConfig
+    from fiat_jax.models import build_model
+
+    config = DecoderConfig(vocab_size=8, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
+                           mlp_dim=32, max_length=64)
+    model = build_model(config=config, seed=0)
+    tokenizer = {"tokens": ["<pad>", "<eos>", "a", "b", "ab", "c", "d", "cd"], "merges": ["a b", "c d"],
+                 "token_types": [3, 3, 1, 1, 1, 1, 1, 1], "pre": "smollm", "eos_id": 1, "bos_id": 1,
+                 "chat_template": "{{ messages }}"}
+    ci.export_gguf(model, tmp_path / "base.gguf", config=config, tokenizer=tokenizer)
+    got = export.gguf_tokenizer_of(str(tmp_path / "base.gguf"))
+    assert {k: got[k] for k in tokenizer} == tokenizer
+    ci.export_gguf(model, tmp_path / "out.gguf", config=config, tokenizer=got)
+    again = checkpoint_gguf.GGUFFile(tmp_path / "out.gguf")
+    assert list(again.get("tokenizer.ggml.tokens")) == tokenizer["tokens"]
+    assert again.get("tokenizer.ggml.model") == "gpt2" and again.get("tokenizer.chat_template") == "{{ messages }}"
+    assert export.gguf_tokenizer_of(str(tmp_path / "hf_dir")) is None and export.gguf_tokenizer_of(None) is None
+
+
 def _cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fiat_jax.cli", "export", *argv], capture_output=True, text=True,
                           timeout=300)
