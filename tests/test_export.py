@@ -134,6 +134,7 @@ def test_not_a_run_directory_is_one_line_exit_2(tmp_path):
     assert "no config.gin" in _one_error_line(proc)
 
 
+@pytest.mark.slow
 def test_peft_export_of_a_run_without_lora_is_one_line_exit_2(tmp_path):
     # A full fine-tuning run's operative config: a model factory, no model_transform (no checkpoint needed: the
     # refusal comes before anything is restored).
@@ -153,6 +154,7 @@ def test_export_peft_dir_without_lora_is_refused_before_training(tmp_path, capsy
 
 
 @pytest.mark.reference
+@pytest.mark.slow
 def test_exported_adapter_loads_in_hf_peft_with_matching_logits(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
