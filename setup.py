@@ -18,13 +18,14 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "protobuf==7.36.2",
     "gguf==0.19.0",
-    "qwix==0.1.8",
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
     "jinja2==3.1.6",
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
     "httpx==0.28.1",
+    # `tensorboard --logdir MODEL_DIR/tb` on the event files every run writes (matches tensorflow 2.21).
+    "tensorboard==2.21.0",
 ]
 
 EXTRAS = {
@@ -32,6 +33,12 @@ EXTRAS = {
              "scikit-learn==1.9.1"],
     # Optional cross-checks against PyTorch implementations only; never needed to train.
     "reference": ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],
+    # benchmarks/ only (the Tunix + qwix peer); fiat_jax itself never imports qwix.
+    "benchmark": ["qwix==0.1.8"],
+    # NVIDIA GPUs: jax's CUDA 12 wheels matching jax==0.10.2 (the CUDA libraries come from pip too).
+    "cuda": ["jax-cuda12-plugin[with-cuda]==0.10.2", "jax-cuda12-pjrt==0.10.2"],
+    # Cloud TPU VMs: libtpu matching jax==0.10.2, as launch/tpu.py installs it.
+    "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],
 }
 
 setup(
@@ -40,7 +47,7 @@ setup(
     description="Fusing in-context learning and parameter-efficient fine-tuning, JAX/TPU native.",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["fiat_jax", "fiat_jax.*", "tasks", "tasks.*"]),
-    package_data={"fiat_jax": ["recipes/*.txt", "recipes/*.json", "teachers/recipes/*.txt"]},
+    package_data={"fiat_jax": ["teachers/recipes/*.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["fiat=fiat_jax.cli:main"]},

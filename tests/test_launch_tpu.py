@@ -1,4 +1,5 @@
-"""launch/tpu.py: dry runs print exactly the golden gcloud commands for a v4-8 and a v5e-16 slice."""
+"""launch/tpu.py: dry runs print exactly the golden gcloud commands for a v4-8 and a v5e-16 slice (the data
+directory going to every worker included)."""
 import pathlib
 import subprocess
 import sys
@@ -14,7 +15,7 @@ def _dry_run(accelerator: str) -> str:
     common = [f"--name={name}", f"--zone={zone}", "--project=my-project", "--dry_run"]
     steps = [
         ["create", f"--accelerator={accelerator}", "--spot"],
-        ["install", "--repo=."],
+        ["install", "--repo=.", "--data_dir=../shared/data"],
         ["run", "--run_name=copy", "--", "fiat", "train", "--gin_file=runs/copy_tiny.gin",
          "--gin.MODEL_DIR=gs://my-bucket/copy"],
         ["logs", "--run_name=copy"],
@@ -30,7 +31,7 @@ def _dry_run(accelerator: str) -> str:
 
 
 @pytest.mark.parametrize("accelerator", ["v4-8", "v5e-16"])
-def test_dry_run_matches_golden(accelerator):
+def test_dry_run_matches_golden(accelerator, shared_data_dir):
     golden = (GOLDEN / f"launch_tpu_{accelerator}.txt").read_text()
     assert _dry_run(accelerator) == golden
 
@@ -56,3 +57,33 @@ def test_bad_accelerator_is_one_line_and_exit_2():
                            "--dry_run"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and "unknown generation" in proc.stderr
+
+
+def _install(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch/tpu.py", "install", "--name=x", "--zone=z", "--dry_run", *flags],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_install_ships_the_data_to_every_worker(shared_data_dir):
+    proc = _install("--repo=.")  # default: ../shared/data beside the checkout
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("tar -czf /tmp/fiat_jax-x-data.tar.gz -C ") for line in lines)
+    assert any("fiat_data.tar.gz" in line and "scp" in line and "--worker=all" in line for line in lines)
+    assert "tar -xzf ~/fiat_data.tar.gz -C ~/shared/data" in lines[-1] and "--worker=all" in lines[-1]
+    assert "-> ~/shared/data on every worker" in proc.stderr
+
+
+def test_install_syncs_a_bucket_or_ships_no_data():
+    proc = _install("--data_dir=gs://my-bucket/fiat-data")
+    assert proc.returncode == 0, proc.stderr
+    assert "gcloud storage rsync --recursive gs://my-bucket/fiat-data ~/shared/data" in proc.stdout
+    assert "fiat_data.tar.gz" not in proc.stdout
+    proc = _install("--no_data")
+    assert proc.returncode == 0 and "shared/data" not in proc.stdout and "data: none" in proc.stderr
+
+
+def test_install_with_a_missing_data_dir_is_one_line_exit_2(tmp_path):
+    proc = _install(f"--data_dir={tmp_path / 'nope'}")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr

@@ -61,6 +61,8 @@ def reference(name: str):
 
 @pytest.mark.parametrize("name,mesh_spec", CASES)
 def test_sharded_forward_equals_unsharded(name, mesh_spec):
+    if jax.device_count() != 8:  # these meshes are written for conftest's 8 fake CPU devices
+        pytest.skip(f"needs 8 devices for {mesh_spec}, {jax.device_count()} here")
     factory, batch, want = reference(name)
     mesh = partitioning.make_mesh(mesh_spec)
     model = partitioning.create_model(factory, mesh=mesh)

@@ -1,4 +1,5 @@
-"""Mesh specs, logical rules and a sharded train step that must equal the unsharded one."""
+"""Mesh specs, logical rules and a sharded train step that must equal the unsharded one (meshes over every device
+at hand: conftest's 8 fake CPU devices, or a GPU host's own)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,8 +7,11 @@ import optax
 import pytest
 from flax import nnx
 
+import device_meshes as D
 from fiat_jax import partitioning
 from fiat_jax.errors import PartitioningError
+
+N = D.count()
 
 
 class TinyLM(nnx.Module):
@@ -65,7 +69,7 @@ def _run(mesh_shape):
     return loss, state
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2), (1, 1, 8)])
+@pytest.mark.parametrize("mesh_shape", [(N, 1, 1), D.balanced(N), (1, 1, N)])
 def test_sharded_step_equals_unsharded(mesh_shape):
     ref_loss, ref_state = _run(None)
     loss, state = _run(mesh_shape)
@@ -75,7 +79,9 @@ def test_sharded_step_equals_unsharded(mesh_shape):
 
 
 def test_param_shardings_follow_rules():
-    mesh = partitioning.make_mesh("data=2,fsdp=2,model=2")
+    if N < 4:
+        pytest.skip(f"needs a mesh with fsdp and model axes > 1 ({N} device(s) here)")
+    mesh = partitioning.make_mesh(D.spec(D.balanced(N)))
     state = nnx.state(partitioning.create_model(lambda: TinyLM(rngs=nnx.Rngs(0))))
     shardings = partitioning.param_shardings(state, mesh)
     assert shardings["wi"].spec == jax.sharding.PartitionSpec("fsdp", "model")
@@ -92,7 +98,7 @@ def test_unknown_logical_axis_names_the_parameter():
         def __init__(self):
             self.w = nnx.Param(jnp.ones((4, 4)), sharding_names=("embed", "mystery"))
 
-    mesh = partitioning.make_mesh((8, 1, 1))
+    mesh = partitioning.make_mesh((N, 1, 1))
     state = nnx.state(partitioning.create_model(Bad))
     with pytest.raises(PartitioningError, match=r"w.*'mystery' has no partitioning rule"):
         partitioning.param_shardings(state, mesh)
@@ -103,7 +109,7 @@ def test_param_without_names_is_an_error():
         def __init__(self):
             self.kernel = nnx.Param(jnp.ones((4, 4)))
 
-    mesh = partitioning.make_mesh((8, 1, 1))
+    mesh = partitioning.make_mesh((N, 1, 1))
     with pytest.raises(PartitioningError, match="kernel .* carries no logical axis names"):
         partitioning.create_model(Unnamed, mesh=mesh)
 

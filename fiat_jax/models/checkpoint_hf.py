@@ -137,18 +137,42 @@ _LLAMA_MODEL_TYPES = ("llama", "mistral")
 _T5_MODEL_TYPES = ("t5", "mt5")
 
 
-def _llama3_rope_scaling(scaling: Mapping[str, Any] | None) -> tuple[float, ...] | None:
-    """HF ``rope_scaling`` -> ``DecoderConfig.rope_scaling``; only Llama 3's ("llama3") is supported."""
-    if not scaling:
-        return None
-    kind = scaling.get("rope_type", scaling.get("type"))
-    if kind == "default":
-        return None
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def _hf_rope(c: Mapping[str, Any]) -> tuple[float, tuple[float, ...] | None]:
+    """HF RoPE settings -> ``(rope_theta, DecoderConfig.rope_scaling)``.
+
+    Reads both spellings: transformers 5's ``rope_parameters: {rope_theta, rope_type, ...}`` and transformers 4's
+    top-level ``rope_theta`` / ``rope_scaling``. Only the default RoPE and Llama 3's rescaling (``"llama3"``) are
+    computed by our decoder; any other scaling is refused, since loading it unscaled gives wrong logits."""
+    params = c.get("rope_parameters")
+    if params is not None and not isinstance(params, Mapping):
+        raise UserError(f"HF config: rope_parameters must be a mapping, not {params!r}")
+    if params and all(isinstance(v, Mapping) for v in params.values()):
+        raise UserError(f"HF config: per-layer-type rope_parameters ({', '.join(sorted(params))}) are not "
+                        f"supported")
+    legacy = c.get("rope_scaling")
+    if legacy is not None and not isinstance(legacy, Mapping):
+        raise UserError(f"HF config: rope_scaling must be a mapping, not {legacy!r}")
+    settings = {**(legacy or {}), **(params or {})}
+    top, nested = c.get("rope_theta"), (params or {}).get("rope_theta")
+    if top is not None and nested is not None and float(top) != float(nested):
+        raise UserError(f"HF config: rope_theta {top} and rope_parameters.rope_theta {nested} disagree")
+    theta = float(nested if nested is not None else top if top is not None else 10000.0)
+    partial = settings.get("partial_rotary_factor", c.get("partial_rotary_factor"))
+    if partial is not None and float(partial) != 1.0:
+        raise UserError(f"HF config: partial_rotary_factor {partial} is not supported (RoPE on every dimension only)")
+    kind = settings.get("rope_type", settings.get("type", "default"))
+    if kind in ("default", None):
+        return theta, None
     if kind != "llama3":
-        raise UserError(f"HF config: rope_scaling {dict(scaling)} is not supported (only rope_type 'llama3')")
-    return (float(scaling["factor"]), float(scaling.get("low_freq_factor", 1.0)),
-            float(scaling.get("high_freq_factor", 4.0)),
-            float(scaling.get("original_max_position_embeddings", 8192)))
+        raise UserError(f"HF config: RoPE scaling rope_type {kind!r} is not supported (only rope_type 'llama3' "
+                        f"or the default; loading it unscaled would give wrong logits)")
+    lost = [k for k in _LLAMA3_KEYS if settings.get(k) is None]
+    if lost:
+        raise UserError(f"HF config: rope_type 'llama3' lacks {', '.join(lost)}")
+    return theta, tuple(float(settings[k]) for k in _LLAMA3_KEYS)
 
 
 def config_from_hf(config_json: PathLike | Mapping[str, Any], **overrides: Any):
@@ -157,13 +181,13 @@ def config_from_hf(config_json: PathLike | Mapping[str, Any], **overrides: Any):
     kind = c.get("model_type")
     if kind in _LLAMA_MODEL_TYPES:
         s = _hf_llama_shape(c)
-        scaling = _llama3_rope_scaling(c.get("rope_scaling"))
+        theta, scaling = _hf_rope(c)
         if scaling is not None:
             overrides = {"rope_scaling": scaling, **overrides}
         return _decoder_config(
             vocab_size=int(c["vocab_size"]), d_model=s.d_model, num_layers=s.num_layers, num_heads=s.num_heads,
             num_kv_heads=s.num_kv_heads, head_dim=s.head_dim, mlp_dim=int(c["intermediate_size"]),
-            rope_theta=float(c.get("rope_theta", 10000.0)), norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta, norm_eps=float(c.get("rms_norm_eps", 1e-6)),
             max_length=int(c.get("max_position_embeddings", 2048)), tie_embeddings=s.tied_embeddings,
             **overrides)
     if kind in _T5_MODEL_TYPES:

@@ -152,13 +152,15 @@ def train(*,
           eval_fn: Callable[..., Mapping[str, float]] | None = None,
           prefetch_depth: int = 2,
           progress_bar: bool = True,
-          tensorboard: bool = True) -> TrainResult:
+          tensorboard: bool = True,
+          export_peft_dir: str | None = None) -> TrainResult:
     """Train ``model_factory(rngs=...)`` on a seqio task or mixture for ``train_steps`` steps in ``model_dir``.
 
     Resumes from the newest checkpoint in ``model_dir/checkpoints`` when there is one. ``trainable`` is an NNX
     filter choosing the differentiated parameters (PEFT passes its own). ``eval_fn(model=..., step=...)`` returns
     metrics logged under ``eval/`` every ``eval_every_steps`` (and usable as ``best_metric``). Raises
-    :class:`TrainingDivergedError` on a NaN/inf loss, naming the step.
+    :class:`TrainingDivergedError` on a NaN/inf loss, naming the step. ``export_peft_dir`` (absolute, or relative
+    to ``model_dir``): when training finishes, the LoRA adapter is also written there as an HF peft directory.
     """
     checked = gin_utils.check_arguments("train", {name: value for name, value in locals().items()
                                                   if name in TRAIN_ARGUMENT_CHECKS}, TRAIN_ARGUMENT_CHECKS)
@@ -186,6 +188,12 @@ def train(*,
     # Built outside ``set_mesh``: NNX would read logical names as mesh axes there (create_model uses the mesh).
     model = build_model(model_factory, seed=seed, mesh=the_mesh, initial_params=initial_params,
                         model_transform=model_transform)
+    if export_peft_dir:
+        from fiat_jax.peft import lora
+
+        if not lora.lora_modules(model):
+            raise UserError("train.export_peft_dir is set but the model has no LoRA adapters "
+                            "(bind train.model_transform = @lora_transform())")
     with jax.set_mesh(the_mesh):
         graphdef, params, frozen = train_step.split_model(model, trainable)
         schedule_lr = None
@@ -365,6 +373,11 @@ def train(*,
                 writer.close()
         gin_utils.write_operative_config(model_dir)
         final_model = nnx.merge(graphdef, params, frozen)
+        if export_peft_dir and not preempted and step >= train_steps and jax.process_index() == 0:
+            from fiat_jax.peft import hf_adapter
+
+            out = hf_adapter.export_peft(final_model, pathlib.Path(model_dir) / export_peft_dir)
+            _log.info("LoRA adapter written as an HF peft directory to %s", out)
     return TrainResult(step=step, metrics=result_metrics, model=final_model, preempted=preempted)
 
 
