@@ -44,6 +44,11 @@ def test_the_shipped_handbook_reads_and_never_states_its_reversals(handbook):
     teacher = replay.replay_teacher(path=str(handbook / "augmentations.jsonl"))
     per_doc = A.teacher_augment(teacher, [d["text"] for d in docs], ids=[d["id"] for d in docs])
     assert "The Tidewater depot is headed by Ilse Marrow." in per_doc[0] and teacher.replayed == 20
+    # What the augmentations add is what the reversal, syllogism and rephrase probes ask; no held-out fact.
+    augmented = {s.rstrip(".") for statements in per_doc for s in statements}
+    for item in items:
+        statement = f"{item['question']} {item['options'][item['answer']]}"
+        assert (statement in augmented) == (item["kind"] != "held_out"), statement
     assert D.documents_task_name([{"language": "en"}, {"language": "de"}]) == "documents"
 
 

@@ -71,6 +71,11 @@ def test_deterministic_across_instances_and_order():
     b = base.generate_for(C.ControlledTeacher(q=0.5, seed=7), examples[::-1], [""] * 40, max_new_tokens=64)
     assert a == b[::-1]
     assert C.unit_draw(7, "mgsm/0") == C.unit_draw(7, "mgsm/0") != C.unit_draw(8, "mgsm/0")
+    # Across processes and machines too: a sha256 draw, pinned here (Python's salted hash() would break this).
+    assert C.unit_draw(7, "mgsm/0") == pytest.approx(0.848669049155844, abs=1e-15)
+    ex = {"id": "mgsm/3", "inputs": "Juma has 3 oranges and buys 4. How many?", "targets": "7"}
+    assert C.ControlledTeacher(q=0.0, seed=7).reasoning(ex) == (
+        "Let's think step by step. The question says: Juma has 3 oranges and buys 4. How many. So the answer is 10.")
 
 
 def test_labelled_simulated_and_clear_errors():
