@@ -4,8 +4,11 @@ that leads to the gold answer with probability ``q``, and reasoning that leads t
 It is not a language model: it reads the example's gold answer (``targets``), which a real teacher never sees,
 so that a sweep over ``q`` shows how much the *student* side of FIAT gains from better reasoning when the
 teacher's quality is the only thing that changes. Its identity starts with ``simulated:``, and that identity is
-what results.json, the materialised teacher outputs and reports show, so its numbers cannot pass for a real
-teacher's.
+what results.json (``teacher``; a sweep's rows carry it under ``extra``) and the materialised teacher outputs
+record, so its numbers cannot pass for a real teacher's. FIAT asks the teacher at inference too, so the evaluation examples' reasoning comes from their gold
+answers as well: at ``q = 1`` a student that copies the stated answer scores 100%, at ``q = 0`` one that copies it
+scores 0%. What the axis measures is how much the student relies on (and is misled by) reasoning of a known
+quality, never a teacher's skill.
 
 - Deterministic per ``(seed, example id)``: the draw is ``u = hash(seed, id)`` in [0, 1), consistent when
   ``u < q``. One seed gives nested sets: every example consistent at ``q`` is consistent at any larger ``q``.
