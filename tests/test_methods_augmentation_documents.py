@@ -141,3 +141,22 @@ def test_handbook_end_to_end_through_the_gin_files(tmp_path, handbook):
     assert {"id": "handbook-01/local0", "text": "Ilse Marrow runs the Tidewater depot.", "source": "local"} in rows
     preds = (tmp_path / "predictions" / "documents_en-mc.jsonl").read_text().splitlines()
     assert len(preds) == 16 * 4
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("compilation_cache")
+def test_documents_without_probes_train_and_score_nothing(tmp_path, handbook):
+    """Plain fine-tuning on the documents alone: a trained student and its rows, no metrics invented."""
+    try:
+        metrics = A.augmented_finetune_method(
+            model_dir=str(tmp_path), train_steps=2, task_feature_lengths={"inputs": 16, "targets": 96},
+            local=False, global_=False, sentence_split=None, documents_file=str(handbook / "documents.jsonl"),
+            train_fn=MH.tiny_train_fn(), icl_baseline=True)
+    finally:
+        MH.cleanup_registry()
+    assert metrics == {"documents_en": {}}
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["metrics"] == {"documents_en": {}} and res["probes_file"] is None and res["teacher"] is None
+    assert res["tokens_seen"] > 0 and not (tmp_path / "predictions").exists()
+    rows = [json.loads(x) for x in (tmp_path / "augmented_rows.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in rows] == ["document"] * 4
