@@ -65,21 +65,32 @@ def parse_statements(reply: str) -> list[str]:
 
 def teacher_augment(teacher: Any, documents: Sequence[str], *, local: bool = True, global_: bool = True,
                     max_new_tokens: int = 128, local_prompt: str = LOCAL_PROMPT,
-                    global_prompt: str = GLOBAL_PROMPT) -> list[list[str]]:
-    """For each document, the statements the teacher writes (local: per sentence; global: per document)."""
+                    global_prompt: str = GLOBAL_PROMPT, ids: Sequence[str] | None = None) -> list[list[str]]:
+    """For each document, the statements the teacher writes (local: per sentence; global: per document).
+
+    Each request goes with an example ``{"id", "document"[, "sentence"]}`` whose id is ``<document id>/local/<k>``
+    (its k-th sentence, from 0) or ``<document id>/global`` (``ids`` default: the documents' positions), so a
+    replay teacher can serve augmentations recorded elsewhere by id (teachers.base.generate_for)."""
+    from fiat_jax.teachers import base as teacher_base
+
     if teacher is None:
         raise UserError("augmented fine-tuning: local/global augmentation needs a teacher (augment.teacher)")
+    ids = [str(i) for i in (ids if ids is not None else range(len(documents)))]
     prompts: list[str] = []
+    examples: list[dict[str, str]] = []
     owner: list[int] = []
     for d, doc in enumerate(documents):
         if local:
-            for sentence in split_sentences(doc):
+            for k, sentence in enumerate(split_sentences(doc)):
                 prompts.append(local_prompt.format(document=doc, sentence=sentence))
+                examples.append({"id": f"{ids[d]}/local/{k}", "document": doc, "sentence": sentence})
                 owner.append(d)
         if global_:
             prompts.append(global_prompt.format(document=doc))
+            examples.append({"id": f"{ids[d]}/global", "document": doc})
             owner.append(d)
-    replies = teacher.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0) if prompts else []
+    replies = teacher_base.generate_for(teacher, examples, prompts, max_new_tokens=max_new_tokens,
+                                        temperature=0.0) if prompts else []
     out: list[list[str]] = [[] for _ in documents]
     for d, reply in zip(owner, replies):
         out[d].extend(parse_statements(reply))
@@ -102,7 +113,8 @@ def augment_documents(documents: Sequence[Mapping[str, Any]], *, teacher: Any = 
         if not flag:
             continue
         per_doc = teacher_augment(teacher, texts, local=kind == "local", global_=kind == "global",
-                                  max_new_tokens=max_new_tokens)
+                                  max_new_tokens=max_new_tokens,
+                                  ids=[str(d.get("id", i)) for i, d in enumerate(documents)])
         for i, (d, statements) in enumerate(zip(documents, per_doc)):
             for j, s in enumerate(statements):
                 rows.append({"id": f"{d.get('id', i)}/{kind}{j}", "text": s, "source": kind})
@@ -189,6 +201,11 @@ class RuleBasedAugmenter:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Multiple-choice likelihood evaluation.
+def _statement(question: str, option: str) -> str:
+    """The question completed by the option, ending in one full stop (unless the option ends a sentence)."""
+    return f"{question} {option}" if option.endswith((".", "!", "?", "。", "！", "？")) else f"{question} {option}."
+
+
 def mc_rows(items: Sequence[Mapping[str, Any]], *, prefix: str = "Document:", context: str | None = None
             ) -> list[dict[str, Any]]:
     """One scoring row per option: ``inputs`` = the prefix (and, for ICL, the document in context), ``targets`` =
@@ -197,7 +214,7 @@ def mc_rows(items: Sequence[Mapping[str, Any]], *, prefix: str = "Document:", co
     inputs = prefix if context is None else f"{context}\n\n{prefix}"
     for item in items:
         for k, option in enumerate(item["options"]):
-            rows.append({"id": str(item["id"]), "inputs": inputs, "targets": f"{item['question']} {option}.",
+            rows.append({"id": str(item["id"]), "inputs": inputs, "targets": _statement(item["question"], option),
                          "option": k, "label": int(k == item["answer"]), "kind": item.get("kind", "")})
     return rows
 
@@ -232,9 +249,15 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
                               icl_baseline: bool = False, initial_params: Any = None, model_transform: Any = None,
                               trainable: Any = None, eval_batch_size: int = 32, max_new_tokens: int = 128,
                               write_results: bool = True, train_fn: Any = None,
+                              documents_file: str | None = None, probes_file: str | None = None,
                               **generate_overrides: Any) -> dict[str, dict[str, float]]:
     """Fine-tune on the synthetic-facts documents of ``language`` plus their augmentations, then score every
     test item's options by likelihood (accuracy overall and per kind: rephrase, reversal, two_hop, held_out).
+
+    ``documents_file`` (with an optional ``probes_file``; fiat_jax/data/documents.py has the formats) replaces the
+    synthetic world with the user's own documents and probes, through the same augmentation, training and
+    likelihood scoring; the task is ``documents_<language>`` (``documents`` when the languages are mixed or
+    unnamed). Without probes the run trains and writes its augmented rows but scores nothing.
 
     ``local``/``global_`` need a ``teacher`` (the :class:`RuleBasedAugmenter` is exact on this data);
     ``sentence_split`` adds split documents; ``split_documents`` trains on sentences rather than whole documents
@@ -253,12 +276,27 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
     from fiat_jax.methods import common
 
     common.check_student(train_fn, "augmented fine-tuning")
-    data = synthetic.generate(seed=synthetic_seed, languages=(language,), **generate_overrides)
-    if num_train_examples and num_train_examples > len(data.documents):
-        raise UserError(f"augmented fine-tuning: num_train_examples={num_train_examples} documents asked for, the "
-                        f"synthetic world has {len(data.documents)} (grow it with generate_overrides, e.g. "
-                        "num_chains)")
-    documents = data.documents[:num_train_examples] if num_train_examples else data.documents
+    if documents_file is not None:
+        from fiat_jax.data import documents as documents_lib
+
+        if generate_overrides:
+            raise UserError(f"augmented fine-tuning: synthetic-world options {sorted(generate_overrides)} given "
+                            f"with a documents file ({documents_file})")
+        all_documents = documents_lib.read_documents(documents_file)
+        items = documents_lib.read_probes(probes_file) if probes_file is not None else []
+        task = documents_lib.documents_task_name(all_documents)
+        source = f"the documents file {documents_file}"
+    else:
+        if probes_file is not None:
+            raise UserError("augmented fine-tuning: a probes file needs a documents file (documents_file)")
+        data = synthetic.generate(seed=synthetic_seed, languages=(language,), **generate_overrides)
+        all_documents, items, task = data.documents, data.items, f"synthetic_facts_{language}"
+        source = "the synthetic world"
+    if num_train_examples and num_train_examples > len(all_documents):
+        raise UserError(f"augmented fine-tuning: num_train_examples={num_train_examples} documents asked for, "
+                        f"{source} has {len(all_documents)}"
+                        + (" (grow it with generate_overrides, e.g. num_chains)" if documents_file is None else ""))
+    documents = all_documents[:num_train_examples] if num_train_examples else all_documents
     if not documents:
         raise UserError("augmented fine-tuning: no training documents")
     rows = augment_documents(documents, teacher=teacher, local=local, global_=global_,
@@ -291,14 +329,16 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
                                    task_feature_lengths=task_feature_lengths, initial_params=initial_params,
                                    model_transform=transform, trainable=trainable,
                                    eval_fn=None, register_tasks=None)
-    items = data.items
-    scores = student.score_rows(result.model, mc_rows(items), task_feature_lengths=task_feature_lengths,
-                                batch_size=eval_batch_size)
-    task = f"synthetic_facts_{language}"
-    metrics = {task: {k: 100.0 * v for k, v in mc_accuracy(items, scores).items()}}
-    results_lib.write_jsonl(os.path.join(model_dir, "predictions", f"{task}-mc.jsonl"), [
-        dict(row, score=s) for row, s in zip(mc_rows(items), scores)])
-    if icl_baseline:
+    metrics: dict[str, dict[str, float]] = {task: {}}
+    if items:
+        scores = student.score_rows(result.model, mc_rows(items), task_feature_lengths=task_feature_lengths,
+                                    batch_size=eval_batch_size)
+        metrics[task] = {k: 100.0 * v for k, v in mc_accuracy(items, scores).items()}
+        results_lib.write_jsonl(os.path.join(model_dir, "predictions", f"{task}-mc.jsonl"), [
+            dict(row, score=s) for row, s in zip(mc_rows(items), scores)])
+    else:  # a documents file without probes: the trained student and its rows are the result
+        _log.info("augmented fine-tuning: no probes file, nothing scored (the student is in %s/student)", model_dir)
+    if icl_baseline and items:
         from flax import nnx
 
         context = " ".join(d["text"] for d in documents)
@@ -311,6 +351,10 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
     if write_results:
         results_lib.write_results(model_dir, metrics=metrics, method="augmented_ft", local=local,
                                   global_=global_, sentence_split=sentence_split,
+                                  teacher=(str(getattr(teacher, "identity", type(teacher).__name__))
+                                           if teacher is not None and (local or global_) else None),
+                                  **({"documents_file": documents_file, "probes_file": probes_file}
+                                     if documents_file is not None else {}),
                                   tokens_seen=int(result.metrics.get("train/tokens_seen", 0) or 0),
                                   params_trained=int(result.metrics.get("train/params_trained", 0) or 0))
     return metrics

@@ -25,6 +25,7 @@ import gin
 from fiat_jax.data.preprocessors import DEFAULT_FIAT_TEMPLATE, FiatTemplate, fiat_input
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
+from fiat_jax.teachers import base as teacher_base
 
 _log = logging.getLogger(__name__)
 
@@ -145,8 +146,11 @@ def teacher_outputs(teacher: Any, examples: Sequence[Mapping[str, Any]], *, task
              "teacher": identity, "output": o} for i, o in done.items()]
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        outs = teacher.generate([teacher_prompt(ex, instruction=instruction, exemplars=exemplars, prompt=prompt)
-                                 for ex in chunk], max_new_tokens=max_new_tokens, temperature=0.0)
+        # The examples go with their prompts: a replay teacher looks recordings up by id, the controlled
+        # (simulated) teacher reads the gold answer; every other backend sees the prompts only.
+        outs = teacher_base.generate_for(
+            teacher, chunk, [teacher_prompt(ex, instruction=instruction, exemplars=exemplars, prompt=prompt)
+                             for ex in chunk], max_new_tokens=max_new_tokens, temperature=0.0)
         for ex, out in zip(chunk, outs):
             done[str(ex["id"])] = out
             rows.append({"id": str(ex["id"]), "task": task, "split": split, "recipe": "fiat_reasoning",
@@ -155,6 +159,13 @@ def teacher_outputs(teacher: Any, examples: Sequence[Mapping[str, Any]], *, task
         if progress:
             progress(f"teacher reasoning {task}/{split}: {min(start + batch_size, len(todo))}/{len(todo)}")
     return {str(ex["id"]): done[str(ex["id"])] for ex in examples}
+
+
+def teacher_identity(teacher: Any) -> str | None:
+    """What results.json records as the teacher (``simulated:...`` for the controlled teacher)."""
+    if teacher is None:
+        return None
+    return str(getattr(teacher, "identity", type(teacher).__name__))
 
 
 def write_student_instruction(teacher: Any, *, task: str, language: str, max_new_tokens: int = 64) -> str:
@@ -280,5 +291,6 @@ def fiat_method(*, model_dir: str, mixture_or_task_name: str, train_steps: int,
         train_fn=train_fn)
     if write_results:
         results_lib.write_results(model_dir, metrics=metrics, method="fiat",
-                                  ablations=dataclasses.asdict(ablations), **info)
+                                  ablations=dataclasses.asdict(ablations), teacher=teacher_identity(teacher),
+                                  **info)
     return metrics

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from fiat_jax.errors import UserError
 
@@ -115,3 +115,31 @@ def collect(results: Iterator[tuple[int, str | Failure]], n: int, *, what: str) 
         i, first = min(failures, key=lambda f: f[0])
         raise TeacherError(f"{what}: {len(failures)} of {n} prompts failed (first: prompt {i}: {first.reason})")
     return [o if o is not None else "" for o in out]
+
+
+@runtime_checkable
+class ExampleTeacher(Protocol):
+    """A teacher that also needs to know *which* example a prompt is for (optional, beside :class:`Teacher`).
+
+    The replay teacher looks its recordings up by example id; the controlled (simulated) teacher reads the
+    gold answer. Callers that build prompts from examples (FIAT's reasoning step, augmentation) hand both over
+    through :func:`generate_for`, so no teacher has to reach into global state to find them.
+    """
+
+    def generate_for_examples(self, examples: Sequence[Mapping[str, Any]], prompts: Sequence[str], *,
+                              max_new_tokens: int, temperature: float = 0.0,
+                              stop: Sequence[str] = ()) -> list[str]:
+        """One reply per (example, prompt) pair, in order."""
+
+
+def generate_for(teacher: object, examples: Sequence[Mapping[str, Any]], prompts: Sequence[str], *,
+                 max_new_tokens: int, temperature: float = 0.0, stop: Sequence[str] = ()) -> list[str]:
+    """Replies for prompts built from ``examples``: the teacher's ``generate_for_examples`` when it has one, else
+    its plain ``generate`` (the examples are only context; every ordinary backend ignores them)."""
+    if len(examples) != len(prompts):
+        raise ValueError(f"{len(examples)} examples for {len(prompts)} prompts")
+    own = getattr(teacher, "generate_for_examples", None)
+    if own is not None:
+        return list(own(examples, prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop))
+    return list(teacher.generate(prompts, max_new_tokens=max_new_tokens,  # type: ignore[attr-defined]
+                                 temperature=temperature, stop=stop))
