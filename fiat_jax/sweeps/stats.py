@@ -236,7 +236,7 @@ def format_number(value: float, *, percent: bool) -> str:
 
 
 def format_p(p: float) -> str:
-    """``p < 0.001`` below that, else two significant digits."""
+    """``"< 0.001"`` below that, else ``"= 0.042"`` / ``"= 0.37"`` (two significant digits)."""
     if math.isnan(p):
         return "–"
-    return "< 0.001" if p < 0.001 else f"{p:.2g}" if p < 0.1 else f"{p:.2f}"
+    return "< 0.001" if p < 0.001 else f"= {p:.2g}" if p < 0.1 else f"= {p:.2f}"
