@@ -287,11 +287,12 @@ def _percent(summary: Summary, metric: str) -> bool:
     return summary.scales[metric][1] == (0.0, 100.0)
 
 
-def _method_note(summary: Summary) -> str:
+def _method_note(rows: Sequence[Sequence[str]]) -> str:
+    dagger = any("†" in c for row in rows for c in row[1:])
     return (f"Mean over seeds of the mean over languages; [{CONFIDENCE:.0%} bootstrap interval] resampling seeds "
-            f"and evaluation items ({stats.BOOTSTRAP_SAMPLES} draws, seeded), clipped to the metric's range. "
-            f"† marks cells whose runs reported no per-item scores: their interval resamples seeds only and is "
-            f"too narrow with few seeds. Percentages have one decimal.")
+            f"and evaluation items ({stats.BOOTSTRAP_SAMPLES} draws, seeded), clipped to the metric's range."
+            + (" † marks cells whose runs reported no per-item scores: their interval resamples seeds only and is "
+               "too narrow with few seeds." if dagger else "") + " Percentages have one decimal.")
 
 
 def main_tables(summary: Summary) -> list[Table]:
@@ -303,8 +304,7 @@ def main_tables(summary: Summary) -> list[Table]:
                                                          for l in summary.labels)]
             if not metrics:
                 continue
-            header = ["Method", "Seeds"] + [m + (" (%)" if _percent(summary, m) and summary.scales[m][0] != 1
-                                                 else "") for m in metrics]
+            header = ["Method", "Seeds"] + [m + (" (%)" if _percent(summary, m) else "") for m in metrics]
             rows = []
             for label in summary.labels:
                 ests = [summary.estimates.get((label, task, size, "mean", m), _NO_INTERVAL) for m in metrics]
@@ -313,7 +313,7 @@ def main_tables(summary: Summary) -> list[Table]:
                 rows.append([label, str(max(e.seeds for e in ests))] +
                             [_fmt(e, _percent(summary, m)) for e, m in zip(ests, metrics)])
             tables.append(Table(title=f"{task}, {summary.size_name(task, size)}", header=header, rows=rows,
-                                note=_method_note(summary)))
+                                note=_method_note(rows)))
     return tables
 
 
@@ -474,8 +474,9 @@ def comparison_tables(summary: Summary, comps: Mapping[tuple, stats.Comparison])
                                                                                               "Seeds"] + metrics,
                 rows=rows, note=(f"Method − baseline on the seeds and items both scored: mean [{CONFIDENCE:.0%} "
                                  f"paired bootstrap interval over seeds and items], p from a two-sided sign-flip "
-                                 f"permutation test ({stats.PERMUTATIONS} permutations, seeded). † no per-item "
-                                 f"scores: seeds only (with 2-3 seeds p cannot go below 0.25-0.5).")))
+                                 f"permutation test ({stats.PERMUTATIONS} permutations, seeded)."
+                                 + (" † no per-item scores: seeds only (with 2-3 seeds p cannot go below "
+                                    "0.25-0.5)." if any("†" in c for r in rows for c in r) else ""))))
     return tables
 
 
