@@ -37,6 +37,7 @@ CONFIDENCE = 0.95
 ICL_PREFIX = "icl_"
 ICL_LABEL = "ICL baseline (in context)"
 REQUIRED_FIELDS = ("run_id", "method", "metrics")
+LANGUAGES_PER_TABLE = 6  # MGSM's 11 languages in one row of intervals would not fit a page
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 _PERCENT_NAMES = re.compile(r"(^|_)(acc|accuracy|f1|em|exact_match|auc_pr|win_rate|squad)", re.IGNORECASE)
 _NO_INTERVAL = stats.Interval(math.nan, math.nan, math.nan, 0, 0)
@@ -64,6 +65,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     note: str = ""
+    text_columns: int = 1  # leading columns of names (left-aligned, may break anywhere); the rest are numbers
 
 
 # ------------------------------------------------------------------------------------------------ reading rows
@@ -326,16 +328,21 @@ def language_tables(summary: Summary) -> list[Table]:
                             for s in summary.sizes)]
             if len(langs) < 2:
                 continue
-            rows = []
-            for label in summary.labels:
-                for size in summary.sizes:
-                    keys = [(label, task, size, lang, metric) for lang in langs + ["mean"]]
-                    if not any(k in summary.estimates for k in keys):
-                        continue
-                    rows.append([label, summary.size_name(task, size)] + [
-                        _fmt(summary.estimates.get(k, _NO_INTERVAL), _percent(summary, metric)) for k in keys])
-            tables.append(Table(title=f"{task} — {metric} per language", header=["Method", "Size"] + langs + ["mean"],
-                                rows=rows, note=f"{metric}: mean over seeds [{CONFIDENCE:.0%} bootstrap interval]."))
+            chunks = [langs[i:i + LANGUAGES_PER_TABLE] for i in range(0, len(langs), LANGUAGES_PER_TABLE)]
+            for n, chunk in enumerate(chunks):
+                shown = chunk + (["mean"] if n == len(chunks) - 1 else [])
+                rows = []
+                for label in summary.labels:
+                    for size in summary.sizes:
+                        keys = [(label, task, size, lang, metric) for lang in shown]
+                        if not any(k in summary.estimates for k in keys):
+                            continue
+                        rows.append([label, summary.size_name(task, size)] + [
+                            _fmt(summary.estimates.get(k, _NO_INTERVAL), _percent(summary, metric)) for k in keys])
+                part = f" ({n + 1} of {len(chunks)})" if len(chunks) > 1 else ""
+                tables.append(Table(title=f"{task} — {metric} per language{part}", header=["Method", "Size"] + shown,
+                                    rows=rows,
+                                    note=f"{metric}: mean over seeds [{CONFIDENCE:.0%} bootstrap interval]."))
     return tables
 
 
@@ -472,7 +479,7 @@ def comparison_tables(summary: Summary, comps: Mapping[tuple, stats.Comparison])
             tables.append(Table(
                 title=f"{task}, {summary.size_name(task, size)}: paired differences", header=["Method", "Baseline",
                                                                                               "Seeds"] + metrics,
-                rows=rows, note=(f"Method − baseline on the seeds and items both scored: mean [{CONFIDENCE:.0%} "
+                rows=rows, text_columns=2, note=(f"Method − baseline on the seeds and items both scored: mean [{CONFIDENCE:.0%} "
                                  f"paired bootstrap interval over seeds and items], p from a two-sided sign-flip "
                                  f"permutation test ({stats.PERMUTATIONS} permutations, seeded)."
                                  + (" † no per-item scores: seeds only (with 2-3 seeds p cannot go below "
@@ -550,7 +557,7 @@ def failed_runs(plan: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], resu
                     str(params.get(plan.get("seed_binding", "SEED"), "")),
                     "failed" if log.is_file() else "not run", str(log) if log.is_file() else "–"])
     return Table(title="Failed or missing runs", header=["Run", "Method", "Size asked", "Seed", "Status", "Log"],
-                 rows=out, note="Runs of the plan (sweep.json) that left no row in results.jsonl.")
+                 rows=out, text_columns=6, note="Runs of the plan (sweep.json) that left no row in results.jsonl.")
 
 
 def provenance_table(rows: Sequence[Mapping[str, Any]]) -> Table:
@@ -576,7 +583,7 @@ def provenance_table(rows: Sequence[Mapping[str, Any]]) -> Table:
             out.append([field, f"{len(values)} distinct (one per run; see runs.csv)", str(sum(values.values()))])
             continue
         out += [[field, value, str(n)] for value, n in values.most_common()]
-    return Table(title="Provenance", header=["Field", "Value", "Runs"], rows=out,
+    return Table(title="Provenance", header=["Field", "Value", "Runs"], rows=out, text_columns=2,
                  note="Recorded by each run when it finished (results.json 'provenance').")
 
 
@@ -712,10 +719,14 @@ def _md_table(table: Table) -> str:
 
 
 def _html_table(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    def cls(i: int) -> str:
+        return " class='t'" if i < table.text_columns else ""
+
+    head = "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(table.header))
+    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{html.escape(c)}</td>" for i, c in enumerate(row)) + "</tr>"
+                   for row in table.rows)
     if not table.rows:
-        body = f"<tr><td colspan='{len(table.header)}'>none</td></tr>"
+        body = f"<tr><td class='t' colspan='{len(table.header)}'>none</td></tr>"
     note = f"<p class='note'>{html.escape(table.note)}</p>" if table.note else ""
     return (f"<h3>{html.escape(table.title)}</h3><div class='wrap'><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table></div>{note}")
@@ -723,8 +734,8 @@ def _html_table(table: Table) -> str:
 
 _CSS = ("body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1200px}"
         ".wrap{max-width:100%}table{border-collapse:collapse;margin:0.5em 0;font-size:90%;max-width:100%}"
-        "th,td{border:1px solid #bbb;padding:3px 6px;text-align:right;overflow-wrap:anywhere}"
-        "th:first-child,td:first-child{text-align:left}.note{color:#555;font-size:85%}"
+        "th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}"
+        ".t{text-align:left;overflow-wrap:anywhere}.note{color:#555;font-size:85%}"
         "figure{margin:1em 0}img{max-width:100%;height:auto}li{overflow-wrap:anywhere}")
 
 
