@@ -1,6 +1,7 @@
 """report.html in a real browser: headless Chromium loads it, and a script in the page measures what a reader
 sees: the sections and tables are there, every plot decodes, and nothing is wider than the window."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -32,6 +33,8 @@ def _browser():
         path = shutil.which(name)
         if path:
             return path
+    if os.environ.get("FIAT_REQUIRE_CHROMIUM"):  # .ci/run installs it: missing there is a failure, not a skip
+        pytest.fail(f"FIAT_REQUIRE_CHROMIUM is set but none of {', '.join(BROWSERS)} is on PATH")
     pytest.skip("no Chromium on this host (CI installs Debian's chromium)")
 
 
