@@ -90,7 +90,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Estimate:
 # the seeds score the same items); percentile intervals of means of in-range scores stay in the range, and are
 # clipped to it besides. A paired comparison takes per-item differences on the items and seeds both runs scored;
 # its p-value is a sign-flip permutation test (the sharp null: the two methods' scores are exchangeable on each
-# seed and item), two-sided, with the +1 correction so that it is never 0.
+# seed and item), two-sided: exact when the sign patterns are few, else sampled with the +1 correction (never 0).
 
 Cell = dict  # {seed: {language: numpy array of per-item scores (or one run-level score)}}
 BOOTSTRAP_SAMPLES = 2000
@@ -201,24 +201,31 @@ def paired_difference(method: Mapping[Any, Mapping[str, Any]], baseline: Mapping
 
 def sign_flip_p_value(diff: Mapping[Any, Mapping[str, Any]], *, permutations: int = PERMUTATIONS,
                       seed: int = SEED) -> float:
-    """Two-sided p-value of a paired permutation test: each (seed, item) difference keeps or flips its sign."""
+    """Two-sided p-value of a paired permutation test: each (seed, item) difference keeps or flips its sign.
+
+    Exact (every sign pattern) when there are at most ``permutations`` patterns, as with a few seeds and no
+    per-item scores (2 seeds: p >= 1/2; 3 seeds: p >= 1/4); else ``permutations`` random patterns with the +1
+    correction."""
     import numpy as np
 
     _, mats = _matrices(diff)
     if not mats:
         return math.nan
-    observed = abs(float(np.mean([m.mean() for m in mats])))
+    # The statistic is linear in the signs: sum over units of weight * difference * sign.
+    terms = np.concatenate([(m / (m.size * len(mats))).reshape(-1) for m in mats])
+    observed = abs(float(terms.sum()))
+    tolerance = 1e-12 * max(1.0, observed)
+    n = terms.size
+    if 2 ** n <= permutations:
+        patterns = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1.0
+        return float(np.mean(np.abs(patterns @ terms) >= observed - tolerance))
     rng = np.random.default_rng(seed)
-    hits, done, chunk = 0, 0, 1000
+    hits, done, chunk = 0, 0, max(1, min(1000, 2_000_000 // n))
     while done < permutations:
-        n = min(chunk, permutations - done)
-        total = np.zeros(n)
-        for mat in mats:
-            signs = rng.choice(np.array([-1.0, 1.0]), size=(n,) + mat.shape)
-            total += (signs * mat).mean(axis=(1, 2))
-        stat = np.abs(total / len(mats))
-        hits += int(np.sum(stat >= observed - 1e-12 * max(1.0, observed)))
-        done += n
+        k = min(chunk, permutations - done)
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(k, n))
+        hits += int(np.sum(np.abs(signs @ terms) >= observed - tolerance))
+        done += k
     return (hits + 1) / (permutations + 1)
 
 
