@@ -482,8 +482,10 @@ def comparison_tables(summary: Summary, comps: Mapping[tuple, stats.Comparison])
                 rows=rows, text_columns=2, note=(f"Method − baseline on the seeds and items both scored: mean [{CONFIDENCE:.0%} "
                                  f"paired bootstrap interval over seeds and items], p from a two-sided sign-flip "
                                  f"permutation test ({stats.PERMUTATIONS} permutations, seeded)."
-                                 + (" † no per-item scores: seeds only (with 2-3 seeds p cannot go below "
-                                    "0.25-0.5)." if any("†" in c for r in rows for c in r) else ""))))
+                                 + (" † no per-item scores: the interval resamples seeds only and the test flips "
+                                    "whole (seed, language) results, so p is at least 2 / 2^(seeds × languages) "
+                                    "(0.5 for 2 seeds of one language)." if any("†" in c for r in rows for c in r)
+                                    else ""))))
     return tables
 
 
