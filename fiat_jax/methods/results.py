@@ -28,13 +28,22 @@ def write_results(model_dir: str, *, metrics: Mapping[str, Mapping[str, float]],
 
     task = next(iter(metrics), "")
     family = task.rsplit("_", 1)[0] if "_" in task else task
-    extra.setdefault("item_scores", item_scores(model_dir, metrics))
-    cost = extra.setdefault("teacher_cost", teacher_cost(model_dir))
+    extra.setdefault("item_scores", _or_empty(item_scores, model_dir, metrics))
+    cost = extra.setdefault("teacher_cost", _or_empty(teacher_cost, model_dir))
     teacher = extra.get("teacher") or ", ".join(cost.pop("teachers", [])) or None
     extra.setdefault("provenance", run_results.provenance(teacher=teacher))
     return run_results.write_run_results(model_dir, metrics={k: dict(v) for k, v in metrics.items()},
                                          tokens_seen=tokens_seen, params_trained=params_trained, method=method,
                                          task=family, **extra)
+
+
+def _or_empty(fn: Any, *args: Any) -> dict[str, Any]:
+    """What the report adds to a run's results, never at the cost of the results themselves."""
+    try:
+        return fn(*args)
+    except Exception as err:  # noqa: BLE001
+        _log.warning("results.json without %s: %s", fn.__name__, err)
+        return {}
 
 
 # ------------------------------------------------------------------------------------------- per-item scores
