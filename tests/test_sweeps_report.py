@@ -325,3 +325,13 @@ def test_results_json_records_provenance_and_teacher_cost(tmp_path):
     prov = data["provenance"]
     assert prov["teacher"] == "local:tiny" and "numpy" in prov["packages"] and prov["hardware"]
     assert set(prov) >= {"git_commit", "git_dirty", "config_hash", "python"}
+
+
+def test_per_item_scores_decide_whether_a_metric_is_a_percentage(tmp_path):
+    # A tiny model's 0.8% accuracy (1 hit in 125, items scored 0 or 100) stays 0.8, not 80.
+    rows = [_row("FT", 10, seed, {"en": {"accuracy": 0.8}}) for seed in range(2)]
+    for row in rows:
+        row["extra"] = {"item_scores": {"en": {"accuracy": _items([100.0] + [0.0] * 124)}}}
+    _write(tmp_path, rows)
+    md = (report.report(results_dir=tmp_path) / "report.md").read_text()
+    assert "| FT | 2 | 0.8 [0.0, 2.4] |" in md

@@ -149,7 +149,8 @@ def item_scores(model_dir: str, metrics: Mapping[str, Mapping[str, float]]) -> d
                 mean = math.fsum(values) / len(values)
                 for scale in (1.0, 100.0):
                     if math.isclose(mean * scale, float(reported[name]), rel_tol=1e-6, abs_tol=1e-6):
-                        item_targets = targets if len(targets) == len(values) else []
+                        unique_ids = all(ids) and len(set(ids)) == len(ids)  # then targets add nothing
+                        item_targets = targets if len(targets) == len(values) and not unique_ids else []
                         out.setdefault(task, {})[name] = {"ids": ids, "targets": item_targets,
                                                           "values": [v * scale for v in values]}
                         break
@@ -162,7 +163,7 @@ def item_scores(model_dir: str, metrics: Mapping[str, Mapping[str, float]]) -> d
 def teacher_cost(model_dir: str) -> dict[str, Any]:
     """Teacher requests this run answered, from the rows it wrote: FIAT reasoning (``teacher_outputs/``) and
     teacher ICL predictions (``predictions/*-icl.jsonl``); output text in characters (the teacher's tokenizer is
-    not known here). Rows reused from a materialised ``teacher_dir`` are not this run's calls and not counted."""
+    not known here), augmentation statements included (their number of calls is not recorded: ``calls`` None). Rows reused from a materialised ``teacher_dir`` are not this run's calls and not counted."""
     calls = chars_in = chars_out = 0
     teachers: set[str] = set()
     for path in glob.glob(os.path.join(glob.escape(model_dir), "teacher_outputs", "**", "*.jsonl"), recursive=True):
@@ -175,6 +176,12 @@ def teacher_cost(model_dir: str) -> dict[str, Any]:
             calls += 1
             chars_in += len(str(row.get("input", "")))
             chars_out += len(str(row.get("prediction", "")))
+    augmented = os.path.join(model_dir, "augmented_rows.jsonl")
+    if os.path.exists(augmented):  # statements the teacher wrote; one call may write several: calls unknown
+        made = [r for r in read_jsonl(augmented) if r.get("source") in ("local", "global")]
+        chars_out += sum(len(str(r.get("text", ""))) for r in made)
+        if made and not calls:
+            calls = None
     return {"calls": calls, "input_chars": chars_in, "output_chars": chars_out,
             "teachers": sorted(t for t in teachers if t)}
 

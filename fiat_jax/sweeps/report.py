@@ -24,6 +24,7 @@ import math
 import os
 import pathlib
 import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -180,12 +181,12 @@ def records_from_rows(rows: Sequence[Mapping[str, Any]], plan: Mapping[str, Any]
                 label, name = f"{row['method']}{suffix}", metric
                 if metric.startswith(ICL_PREFIX):  # the run's in-context baseline: a row of its own
                     label, name = f"{ICL_LABEL}{suffix}", metric[len(ICL_PREFIX):]
-                key = (label, task, size, int(row.get("seed", 0)), str(language), name)
+                key = (label, task, size, int(row.get("seed") or 0), str(language), name)
                 if key in seen:
                     continue
                 seen.add(key)
                 out.append(Record(run_id=row["run_id"], label=label, method=row["method"], task=task, size=size,
-                                  seed=int(row.get("seed", 0)), language=str(language), metric=name,
+                                  seed=int(row.get("seed") or 0), language=str(language), metric=name,
                                   value=float(value), items=_item_lookup(row, str(language), metric)))
     return out
 
@@ -202,6 +203,11 @@ def metric_bounds(records: Sequence[Record], metric: str) -> tuple[float, tuple[
     """(display scale, range): fractions (every value in [0, 1]) shown ×100 in [0, 100]; percentage-named
     metrics in [0, 100] stay; anything else (a loss) is unbounded."""
     values = [r.value for r in records if r.metric == metric]
+    # Per-item scores settle it: a hit scores 100 on a percentage metric, 1 on a fraction (a tiny model's 0.8%
+    # accuracy must not read as 80%).
+    peak = max((max(r.items[1]) for r in records if r.metric == metric and r.items), default=0.0)
+    if peak > 1.0 and all(0.0 <= v <= 100.0 for v in values):
+        return 1.0, (0.0, 100.0)
     if values and all(0.0 <= v <= 1.0 for v in values):
         return 100.0, (0.0, 100.0)
     if values and _PERCENT_NAMES.search(metric) and all(0.0 <= v <= 100.0 for v in values):
@@ -654,6 +660,7 @@ def scale_curves(summary: Summary, out_dir: pathlib.Path) -> list[Plot]:
                 low, high = ax.get_ylim()
                 ax.set_ylim(max(low, bounds[0]), min(high, bounds[1]))
             ax.set_xscale("log")
+            ax.minorticks_off()
             ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
             ax.set_xlabel("training examples (actual)")
             ax.set_ylabel(_ylabel(summary, metric))
@@ -689,7 +696,7 @@ def ablation_bars(summary: Summary, out_dir: pathlib.Path) -> list[Plot]:
                       [0.0 if math.isnan(e.high) else e.high - e.mean for _, e in bars]]
             ax.bar(range(len(bars)), means, yerr=errors, capsize=4, color=[f"C{i % 10}" for i in range(len(bars))])
             ax.set_xticks(range(len(bars)))
-            ax.set_xticklabels([l for l, _ in bars], rotation=25, ha="right", fontsize=7)
+            ax.set_xticklabels([textwrap.fill(l, 22) for l, _ in bars], rotation=25, ha="right", fontsize=7)
             bounds = summary.scales[metric][1]
             if bounds is not None:
                 ax.set_ylim(bounds[0], min(bounds[1], max(max(e.high if not math.isnan(e.high) else e.mean
