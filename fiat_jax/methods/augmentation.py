@@ -312,7 +312,10 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
         results_lib.write_results(model_dir, metrics=metrics, method="augmented_ft", local=local,
                                   global_=global_, sentence_split=sentence_split,
                                   tokens_seen=int(result.metrics.get("train/tokens_seen", 0) or 0),
-                                  params_trained=int(result.metrics.get("train/params_trained", 0) or 0))
+                                  params_trained=int(result.metrics.get("train/params_trained", 0) or 0),
+                                  params_total=student.count_params(result.model),
+                                  teacher=None if teacher is None else str(getattr(teacher, "identity",
+                                                                                   type(teacher).__name__)))
     return metrics
 
 

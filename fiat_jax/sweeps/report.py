@@ -474,11 +474,13 @@ def comparison_tables(summary: Summary, comps: Mapping[tuple, stats.Comparison])
                         continue
                     diff = comp.diff
                     pct = _percent(summary, metric)
-                    sign = "+" if diff.mean > 0 else ""
+                    shown = stats.format_number(diff.mean, percent=pct)
+                    sign = "+" if diff.mean > 0 and shown.strip("0.") else ""
                     interval = "" if math.isnan(diff.low) else (
                         f" [{stats.format_number(diff.low, percent=pct)}, "
                         f"{stats.format_number(diff.high, percent=pct)}]")
-                    cells.append(f"{sign}{stats.format_number(diff.mean, percent=pct)}{interval}"
+                    shown = "0.0" if pct and shown == "-0.0" else shown
+                    cells.append(f"{sign}{shown}{interval}"
                                  f"{'' if diff.per_item else '†'}, p {stats.format_p(comp.p_value)}")
                 seeds = max(comps[k].diff.seeds for k in keys if k[0] == method and k[1] == base)
                 rows.append([method, base, str(seeds)] + cells)
@@ -587,7 +589,7 @@ def provenance_table(rows: Sequence[Mapping[str, Any]]) -> Table:
         counts["config hash (sweep)"][str(row.get("config_hash") or "unknown")] += 1
     out = []
     for field, values in counts.items():
-        if field == "config hash (sweep)" and len(values) > 6:
+        if field == "config hash (sweep)" and len(values) > 3:
             out.append([field, f"{len(values)} distinct (one per run; see runs.csv)", str(sum(values.values()))])
             continue
         out += [[field, value, str(n)] for value, n in values.most_common()]
