@@ -13,6 +13,7 @@ from fiat_jax.sweeps import report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WIDTH = 1024
+METRICS = ("accuracy", "accuracy_held_out", "accuracy_rephrase", "accuracy_reversal", "accuracy_two_hop")
 _CHECK = """<script>window.addEventListener('load', function () {
   var d = document.documentElement, w = d.clientWidth;
   var boxes = Array.from(document.querySelectorAll('body *')).filter(function (e) {
@@ -58,10 +59,12 @@ def _rows():
             for seed in range(3):
                 metrics, items = {}, {}
                 for lang in ("sw", "bn", "te", "th"):
-                    hits = 100.0 * (rng.random(40) < p)
-                    metrics[lang] = {"accuracy": float(hits.mean())}
-                    items[f"mgsm_{lang}"] = {"accuracy": {"ids": [f"q{i}" for i in range(40)], "targets": [],
-                                                          "values": hits.tolist()}}
+                    metrics[lang], items[f"mgsm_{lang}"] = {}, {}
+                    for name in METRICS:  # as many columns as the synthetic facts' accuracy by kind
+                        hits = 100.0 * (rng.random(40) < p)
+                        metrics[lang][name] = float(hits.mean())
+                        items[f"mgsm_{lang}"][name] = {"ids": [f"q{i}" for i in range(40)], "targets": [],
+                                                       "values": hits.tolist()}
                 rows.append({"run_id": f"{kind}-{size}-{seed}-" + "x" * 60, "method": method, "seed": seed,
                              "train_examples": size, "metrics": metrics, "variant": {"MODEL": "smollm2_tiny"},
                              "wall_s": 2.0, "tokens_seen": 1000, "params_trained": 10, "config_hash": f"{kind}{size}{seed}",
@@ -83,9 +86,10 @@ def test_report_html_renders_in_chromium_without_overflow(tmp_path):
     seen = _measure(browser, page, tmp_path)
     assert seen["h2"] == ["Results", "Paired comparisons", "Per-language breakdown", "Cost", "Failed or missing runs",
                           "Provenance", "Plots"]
-    # 2 result tables, 2 comparison tables, 1 per-language, cost, failures, provenance; header + rows each.
-    assert len(seen["tables"]) == 8 and all(n >= 2 for n in seen["tables"])
-    assert len(seen["images"]) == 2  # one scale curve with bands, one bar chart
+    # Per size: 1 result table (5 metrics) and 2 of paired differences (3 + 2 metrics); 5 per-language tables; cost,
+    # failures, provenance. Header + rows each.
+    assert len(seen["tables"]) == 2 * 3 + 5 + 3 and all(n >= 2 for n in seen["tables"])
+    assert len(seen["images"]) == 2 * len(METRICS)  # per metric a scale curve with bands and a bar chart
     assert all(w > 100 and h > 100 and 0 < shown <= seen["width"] for w, h, shown in seen["images"])
     assert seen["scrollWidth"] <= seen["width"] and seen["overflowing"] == [], seen["overflowing"]
     # The check can fail: a block wider than the window is caught.

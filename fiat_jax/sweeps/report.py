@@ -39,6 +39,8 @@ ICL_PREFIX = "icl_"
 ICL_LABEL = "ICL baseline (in context)"
 REQUIRED_FIELDS = ("run_id", "method", "metrics")
 LANGUAGES_PER_TABLE = 6  # MGSM's 11 languages in one row of intervals would not fit a page
+METRICS_PER_TABLE = 5   # likewise the synthetic facts' accuracy by kind
+COMPARISON_METRICS_PER_TABLE = 3  # a difference, its interval and its p-value take more room
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 _PERCENT_NAMES = re.compile(r"(^|_)(acc|accuracy|f1|em|exact_match|auc_pr|win_rate|squad)", re.IGNORECASE)
 _NO_INTERVAL = stats.Interval(math.nan, math.nan, math.nan, 0, 0)
@@ -308,21 +310,31 @@ def main_tables(summary: Summary) -> list[Table]:
     tables = []
     for task in summary.tasks:
         for size in summary.sizes:
-            metrics = [m for m in summary.metrics if any((l, task, size, "mean", m) in summary.estimates
+            present = [m for m in summary.metrics if any((l, task, size, "mean", m) in summary.estimates
                                                          for l in summary.labels)]
-            if not metrics:
-                continue
-            header = ["Method", "Seeds"] + [m + (" (%)" if _percent(summary, m) else "") for m in metrics]
-            rows = []
-            for label in summary.labels:
-                ests = [summary.estimates.get((label, task, size, "mean", m), _NO_INTERVAL) for m in metrics]
-                if all(e.seeds == 0 for e in ests):
-                    continue
-                rows.append([label, str(max(e.seeds for e in ests))] +
-                            [_fmt(e, _percent(summary, m)) for e, m in zip(ests, metrics)])
-            tables.append(Table(title=f"{task}, {summary.size_name(task, size)}", header=header, rows=rows,
-                                note=_method_note(rows)))
+            for part, metrics in _chunks(present, METRICS_PER_TABLE):
+                tables.append(_main_table(summary, task, size, metrics, part))
     return tables
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[tuple[str, list[Any]]]:
+    """``items`` in pieces of at most ``size``, each with its " (k of n)" title suffix (none when one piece)."""
+    pieces = [list(items[i:i + size]) for i in range(0, len(items), size)]
+    return [(f" ({k + 1} of {len(pieces)})" if len(pieces) > 1 else "", piece) for k, piece in enumerate(pieces)]
+
+
+def _main_table(summary: Summary, task: str, size: Any, metrics: Sequence[str], part: str) -> Table:
+    """One table of FIAT Table 2's layout: the methods (rows) on ``metrics`` (columns)."""
+    header = ["Method", "Seeds"] + [m + (" (%)" if _percent(summary, m) else "") for m in metrics]
+    rows = []
+    for label in summary.labels:
+        ests = [summary.estimates.get((label, task, size, "mean", m), _NO_INTERVAL) for m in metrics]
+        if all(e.seeds == 0 for e in ests):
+            continue
+        rows.append([label, str(max(e.seeds for e in ests))] +
+                    [_fmt(e, _percent(summary, m)) for e, m in zip(ests, metrics)])
+    return Table(title=f"{task}, {summary.size_name(task, size)}{part}", header=header, rows=rows,
+                 note=_method_note(rows))
 
 
 def language_tables(summary: Summary) -> list[Table]:
@@ -457,44 +469,45 @@ def comparisons(summary: Summary, pairs: Sequence[tuple[str, str]]) -> dict[tupl
 
 
 def comparison_tables(summary: Summary, comps: Mapping[tuple, stats.Comparison]) -> list[Table]:
+    """Per task and size: one row per (method, baseline), one column per metric."""
     tables = []
     for task in summary.tasks:
         for size in summary.sizes:
             keys = [k for k in comps if k[2] == task and k[3] == size]
-            if not keys:
-                continue
-            metrics = _ordered(k[4] for k in keys)
-            rows = []
-            for method, base in _ordered((k[0], k[1]) for k in keys):
-                cells = []
-                for metric in metrics:
-                    comp = comps.get((method, base, task, size, metric))
-                    if comp is None:
-                        cells.append("–")
-                        continue
-                    diff = comp.diff
-                    pct = _percent(summary, metric)
-                    shown = stats.format_number(diff.mean, percent=pct)
-                    sign = "+" if diff.mean > 0 and shown.strip("0.") else ""
-                    interval = "" if math.isnan(diff.low) else (
-                        f" [{stats.format_number(diff.low, percent=pct)}, "
-                        f"{stats.format_number(diff.high, percent=pct)}]")
-                    shown = "0.0" if pct and shown == "-0.0" else shown
-                    cells.append(f"{sign}{shown}{interval}"
-                                 f"{'' if diff.per_item else '†'}, p {stats.format_p(comp.p_value)}")
-                seeds = max(comps[k].diff.seeds for k in keys if k[0] == method and k[1] == base)
-                rows.append([method, base, str(seeds)] + cells)
-            tables.append(Table(
-                title=f"{task}, {summary.size_name(task, size)}: paired differences", header=["Method", "Baseline",
-                                                                                              "Seeds"] + metrics,
-                rows=rows, text_columns=2, note=(f"Method − baseline on the seeds and items both scored: mean [{CONFIDENCE:.0%} "
-                                 f"paired bootstrap interval over seeds and items], p from a two-sided sign-flip "
-                                 f"permutation test ({stats.PERMUTATIONS} permutations, seeded)."
-                                 + (" † no per-item scores: the interval resamples seeds only and the test flips "
-                                    "whole (seed, language) results, so p is at least 2 / 2^(seeds × languages) "
-                                    "(0.5 for 2 seeds of one language)." if any("†" in c for r in rows for c in r)
-                                    else ""))))
+            for part, metrics in _chunks(_ordered(k[4] for k in keys), COMPARISON_METRICS_PER_TABLE):
+                tables.append(_comparison_table(summary, comps, task, size, metrics, part))
     return tables
+
+
+def _comparison_cell(comp: stats.Comparison | None, percent: bool) -> str:
+    if comp is None:
+        return "–"
+    diff = comp.diff
+    shown = stats.format_number(diff.mean, percent=percent)
+    shown = "0.0" if shown == "-0.0" else shown
+    sign = "+" if diff.mean > 0 and shown.strip("0.") else ""
+    interval = "" if math.isnan(diff.low) else (
+        f" [{stats.format_number(diff.low, percent=percent)}, {stats.format_number(diff.high, percent=percent)}]")
+    return f"{sign}{shown}{interval}{'' if diff.per_item else '†'}, p {stats.format_p(comp.p_value)}"
+
+
+def _comparison_table(summary: Summary, comps: Mapping[tuple, stats.Comparison], task: str, size: Any,
+                      metrics: Sequence[str], part: str) -> Table:
+    keys = [k for k in comps if k[2] == task and k[3] == size and k[4] in metrics]
+    rows = []
+    for method, base in _ordered((k[0], k[1]) for k in keys):
+        seeds = max(comps[k].diff.seeds for k in keys if k[0] == method and k[1] == base)
+        rows.append([method, base, str(seeds)] + [
+            _comparison_cell(comps.get((method, base, task, size, m)), _percent(summary, m)) for m in metrics])
+    dagger = any("†" in c for r in rows for c in r)
+    note = (f"Method − baseline on the seeds and items both scored: mean [{CONFIDENCE:.0%} paired bootstrap interval "
+            f"over seeds and items], p from a two-sided sign-flip permutation test (exact, or {stats.PERMUTATIONS} "
+            f"seeded permutations)." + (" † no per-item scores: the interval resamples seeds only and the test "
+                                        "flips whole (seed, language) results, so p is at least "
+                                        "2 / 2^(seeds × languages) (0.5 for 2 seeds of one language)."
+                                        if dagger else ""))
+    return Table(title=f"{task}, {summary.size_name(task, size)}: paired differences{part}",
+                 header=["Method", "Baseline", "Seeds"] + list(metrics), rows=rows, text_columns=2, note=note)
 
 
 # ------------------------------------------------------------------------------------------- cost, failures
@@ -734,8 +747,8 @@ def _html_table(table: Table) -> str:
         return " class='t'" if i < table.text_columns else ""
 
     head = "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(table.header))
-    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{html.escape(c)}</td>" for i, c in enumerate(row)) + "</tr>"
-                   for row in table.rows)
+    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{_unbroken(html.escape(c))}</td>" for i, c in enumerate(row))
+                   + "</tr>" for row in table.rows)
     if not table.rows:
         body = f"<tr><td class='t' colspan='{len(table.header)}'>none</td></tr>"
     note = f"<p class='note'>{html.escape(table.note)}</p>" if table.note else ""
@@ -743,10 +756,19 @@ def _html_table(table: Table) -> str:
             f"<tbody>{body}</tbody></table></div>{note}")
 
 
+_UNBROKEN = re.compile(r"\[[^\]]*\][†]?|p (?:=|&lt;) [\d.]+")
+
+
+def _unbroken(text: str) -> str:
+    """A cell wraps between its mean, its interval and its p-value, never inside one."""
+    return _UNBROKEN.sub(lambda m: f"<span class='nw'>{m.group(0)}</span>", text)
+
+
 _CSS = ("body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1200px}"
         ".wrap{max-width:100%}table{border-collapse:collapse;margin:0.5em 0;font-size:90%;max-width:100%}"
-        "th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}"
-        ".t{text-align:left;overflow-wrap:anywhere}.note{color:#555;font-size:85%}"
+        "th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}th{overflow-wrap:anywhere}"
+        ".t{text-align:left;overflow-wrap:anywhere;min-width:7em}.nw{white-space:nowrap}"
+        ".note{color:#555;font-size:85%}"
         "figure{margin:1em 0}img{max-width:100%;height:auto}li{overflow-wrap:anywhere}")
 
 
