@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from fiat_jax.errors import UserError
@@ -96,9 +97,6 @@ def test_no_results_is_a_user_error(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- bootstrap and paired tests
-np = pytest.importorskip("numpy")
-
-
 def _cell(p, seeds=3, languages=("sw", "bn"), items=120, seed=0):
     """Per-item 0/100 scores: item i of language l is right with probability p (independent per seed)."""
     rng = np.random.default_rng(seed)

@@ -147,7 +147,7 @@ def _statistic_draws(mats: Sequence[Any], n_seeds: int, samples: int, rng: Any) 
         items = mat.shape[1]
         item_w = rng.multinomial(items, [1.0 / items] * items, size=samples) / items if items > 1 \
             else np.ones((samples, 1))
-        total += np.einsum("bs,si,bi->b", seed_w, mat, item_w)
+        total += ((seed_w @ mat) * item_w).sum(axis=1)
     return total / len(mats)
 
 
