@@ -111,3 +111,8 @@ def test_reversal_plain_ft_near_chance_augmented_ft_above(tmp_path):
     res = json.loads((tmp_path / "aug" / "results.json").read_text())
     assert res["method"] == "augmented_ft" and "accuracy_reversal" in res["metrics"]["synthetic_facts_en"]
     assert (tmp_path / "aug" / "predictions" / "synthetic_facts_en-mc.jsonl").exists()
+    # Per-item hits read back from the scored options, one per item, averaging to the reported accuracies.
+    for name in ("accuracy", "accuracy_reversal"):
+        entry = res["item_scores"]["synthetic_facts_en"][name]
+        assert set(entry["values"]) <= {0.0, 100.0} and len(set(entry["ids"])) == len(entry["values"])
+        assert sum(entry["values"]) / len(entry["values"]) == pytest.approx(res["metrics"]["synthetic_facts_en"][name])

@@ -137,6 +137,10 @@ def test_fiat_end_to_end_on_a_tiny_student(tmp_path, flag):
     assert (res["params_trained"] == 32 * 259) == (flag != "full_finetune")  # PEFT stand-in: the head only
     preds = [json.loads(x) for p in (tmp_path / "predictions").glob("*.jsonl") for x in p.read_text().splitlines()]
     assert len(preds) == 6
+    items = res["item_scores"]["toyadd_en"]["accuracy"]  # one score per evaluation item, for the paired tests
+    assert len(items["values"]) == 6 and sum(items["values"]) / 6 == pytest.approx(metrics["toyadd_en"]["accuracy"])
+    if flag != "no_reasoning":  # without reasoning FIAT asks the teacher nothing
+        assert res["teacher_cost"]["calls"] >= 1 and res["provenance"]["teacher"] == "fake-teacher/v1"
     reasoning_prompts = [c for c in teacher.calls if "think step by step" in c]
     eval_inputs = [p["input"] for p in preds]
     if ablations.teacher_at_inference:

@@ -55,6 +55,9 @@ def test_icl_predicts_and_scores(tmp_path):
     assert res["method"] == "icl" and res["params_trained"] == 0
     preds = [json.loads(x) for x in (tmp_path / "predictions" / "toyadd_en-icl.jsonl").read_text().splitlines()]
     assert len(preds) == 6 and all(p["prediction"] == p["target"] for p in preds)
+    # Per-item scores for the report's paired tests, the teacher's calls, provenance.
+    assert res["item_scores"]["toyadd_en"]["accuracy"]["values"] == [100.0] * 6
+    assert res["teacher_cost"]["calls"] == 6 and res["provenance"]["teacher"]
 
 
 @pytest.mark.usefixtures("compilation_cache")
@@ -89,6 +92,10 @@ def test_finetune_full_and_peft_hooks(tmp_path):
     assert r_full["method"] == "finetune_full" and r_peft["method"] == "finetune_lora"
     assert 0 < r_peft["params_trained"] < r_full["params_trained"]
     assert list((tmp_path / "full" / "predictions").glob("*.jsonl"))
+    for r in (r_full, r_peft):  # per-item scores that average to the reported accuracy; the student's size
+        values = r["item_scores"]["toyadd_en"]["accuracy"]["values"]
+        assert values and sum(values) / len(values) == pytest.approx(r["metrics"]["toyadd_en"]["accuracy"])
+        assert r["params_total"] >= r["params_trained"] > 0
 
 
 @pytest.mark.usefixtures("compilation_cache")

@@ -185,9 +185,12 @@ def test_tiny_sweep_killed_midway_reruns_only_what_is_missing_then_reports(tmp_p
                          capture_output=True, text=True, timeout=360)
     assert rep.returncode == 0, rep.stderr[-3000:]
     md = (tmp_path / "report" / "report.md").read_text()
-    # ICL at n=10: per-seed language means 0.325 and 0.345 -> 33.5 ± t(0.975, 1) * 0.01 * 100 = 12.7.
-    assert "| ICL | 33.5 ± 12.7 | 43.5 ± 12.7 |" in md
-    assert "| FIAT | 53.5 ± 12.7 | 63.5 ± 12.7 |" in md
+    # ICL at n=10: per-seed language means 0.325 and 0.345 -> 33.5; the fake runs write no per-item scores, so the
+    # bootstrap resamples the 2 seeds only (†): its draws are 32.5, 33.5 and 34.5.
+    assert "| ICL | 2 | 33.5 [32.5, 34.5]† | 50.5 [50.0, 51.0]† |" in md
+    assert "| FIAT | 2 | 63.5 [62.5, 64.5]† | 50.5 [50.0, 51.0]† |" in md
+    # No per-item scores: the exact test flips 2 seeds x 2 languages, so p = 2/16 at best.
+    assert "| FIAT | ICL | 2 | +20.0 [20.0, 20.0]†, p = 0.12 | 0.0 [0.0, 0.0]†, p = 1.00 |" in md
     _check_report_files(tmp_path / "report")
 
 
@@ -207,7 +210,7 @@ def _check_report_files(out: pathlib.Path) -> None:
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(pngs)
     assert "src='plots/" not in html and 'src="http' not in html  # self-contained
-    assert "±" in html
+    assert "[32.5, 34.5]" in html and "paired differences" in html
     runs_csv = (out / "runs.csv").read_text().strip().splitlines()
     assert len(runs_csv) == 1 + 8 * 2 * 2  # header + runs x languages x metrics
     assert report_lib.CONFIDENCE == 0.95
@@ -247,8 +250,8 @@ def test_a_language_axis_becomes_the_per_language_breakdown(tmp_path):
     assert sorted((r["language"], list(r["metrics"])[0]) for r in rows) == [("bn", "bn")] * 2 + [("sw", "sw")] * 2
     assert all(r["variant"] == {} for r in rows)
     md = (report_lib.report(results_dir=tmp_path) / "report.md").read_text()
-    assert "| FT | n=10 | 31.0 ± 12.7 | 31.0 ± 12.7 | 31.0 ± 12.7 |" in md  # bn, sw, mean: one method row
-    assert "| FT | 31.0 ± 12.7 |" in md  # seeds averaged over the runs of both languages
+    assert "| FT | n=10 | 31.0 [30.0, 32.0]† | 31.0 [30.0, 32.0]† | 31.0 [30.0, 32.0]† |" in md  # bn, sw, mean
+    assert "| FT | 2 | 31.0 [30.0, 32.0]† |" in md  # seeds averaged over the runs of both languages
 
 
 @pytest.mark.slow

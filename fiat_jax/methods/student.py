@@ -89,6 +89,17 @@ def evaluate_rows(model: Any, *, name: str, rows: Sequence[Mapping[str, Any]], m
     return {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(name + "/")}
 
 
+def count_params(model: Any) -> int | None:
+    """Parameters of the student (frozen and trained): what a forward pass multiplies, for the FLOPs estimate."""
+    try:
+        import jax
+        from flax import nnx
+
+        return int(sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))))
+    except Exception:  # noqa: BLE001 (a stand-in model in a test: no count)
+        return None
+
+
 def train_and_evaluate(*, model_dir: str, name: str, train_rows: Sequence[Mapping[str, Any]],
                        eval_rows: Mapping[str, Sequence[Mapping[str, Any]]], train_steps: int,
                        task_feature_lengths: Mapping[str, int], initial_params: Callable | None = None,
@@ -114,5 +125,6 @@ def train_and_evaluate(*, model_dir: str, name: str, train_rows: Sequence[Mappin
                                       task_feature_lengths=task_feature_lengths, batch_size=eval_batch_size,
                                       predictions_dir=os.path.join(model_dir, "predictions"), step=result.step)
     info = {"tokens_seen": int(result.metrics.get("train/tokens_seen", 0) or 0),
-            "params_trained": int(result.metrics.get("train/params_trained", 0) or 0), "steps": result.step}
+            "params_trained": int(result.metrics.get("train/params_trained", 0) or 0), "steps": result.step,
+            "params_total": count_params(result.model)}
     return metrics, info
