@@ -357,9 +357,7 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
                                      if documents_file is not None else {}),
                                   tokens_seen=int(result.metrics.get("train/tokens_seen", 0) or 0),
                                   params_trained=int(result.metrics.get("train/params_trained", 0) or 0),
-                                  params_total=student.count_params(result.model),
-                                  teacher=None if teacher is None else str(getattr(teacher, "identity",
-                                                                                   type(teacher).__name__)))
+                                  params_total=student.count_params(result.model))
     return metrics
 
 
