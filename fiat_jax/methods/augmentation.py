@@ -254,10 +254,13 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
 
     common.check_student(train_fn, "augmented fine-tuning")
     data = synthetic.generate(seed=synthetic_seed, languages=(language,), **generate_overrides)
-    if num_train_examples and num_train_examples > len(data.documents):
-        raise UserError(f"augmented fine-tuning: num_train_examples={num_train_examples} documents asked for, the "
-                        f"synthetic world has {len(data.documents)} (grow it with generate_overrides, e.g. "
-                        "num_chains)")
+    from fiat_jax.methods.examples import training_set_size_policy
+
+    if num_train_examples and num_train_examples > len(data.documents) and not training_set_size_policy():
+        raise UserError(f"augmented fine-tuning: task synthetic_docs_{language}: num_train_examples="
+                        f"{num_train_examples} documents asked for, the synthetic world has {len(data.documents)} in "
+                        f"{language!r} (grow it with generate_overrides, e.g. num_chains, or bind "
+                        "training_set_size_policy.take_what_exists = True)")
     documents = data.documents[:num_train_examples] if num_train_examples else data.documents
     if not documents:
         raise UserError("augmented fine-tuning: no training documents")
@@ -311,6 +314,7 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
     if write_results:
         results_lib.write_results(model_dir, metrics=metrics, method="augmented_ft", local=local,
                                   global_=global_, sentence_split=sentence_split,
+                                  num_train_examples=len(documents), num_train_examples_requested=num_train_examples,
                                   tokens_seen=int(result.metrics.get("train/tokens_seen", 0) or 0),
                                   params_trained=int(result.metrics.get("train/params_trained", 0) or 0))
     return metrics

@@ -25,10 +25,11 @@ def task_names(mixture_or_task_name: str) -> list[str]:
 
 
 def split_examples(mixture_or_task_name: str, split: str, *, limit: int | None = None) -> dict[str, list[dict]]:
-    """``{task: [example, ...]}`` for every task of a mixture (``limit`` examples per task at most)."""
+    """``{task: [example, ...]}`` for every task of a mixture (``limit`` examples per task at most; for ``train``
+    exactly, unless ``training_set_size_policy`` takes what exists: see ``examples.task_examples``)."""
     out = {}
     for name in task_names(mixture_or_task_name):
-        rows = task_examples(name, split, limit=limit)
+        rows = task_examples(name, split, limit=limit, exact=split == "train")
         if not rows:
             raise UserError(f"task {name} has no {split!r} examples")
         out[name] = rows
