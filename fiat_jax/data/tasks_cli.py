@@ -15,6 +15,9 @@ from fiat_jax.errors import UserError
 def tasks_main(*, action: str, name: str | None = None, split: str = "train", n: int = 3) -> None:
     tasks.register_all()
     if action == "list":
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()  # preparing a task on first use would print bars between the lines
         for task_name in sorted(seqio.TaskRegistry.names()):
             print(f"{task_name}\t{describe_splits(seqio.TaskRegistry.get(task_name))}", flush=True)
         for mix_name in sorted(seqio.MixtureRegistry.names()):

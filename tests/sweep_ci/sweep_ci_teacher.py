@@ -6,7 +6,7 @@ from __future__ import annotations
 import types
 
 
-def tiny_local_teacher(*, batch_size: int = 16, seed: int = 0):
+def tiny_local_teacher(*, batch_size: int = 4, seed: int = 0):
     import seqio
 
     from fiat_jax.models import build_model
