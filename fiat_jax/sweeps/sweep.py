@@ -487,10 +487,11 @@ def failure_message(name: str, root: pathlib.Path, failed: Sequence[_Attempt], p
     """One line: how many runs failed, the first one's error and log, and whether retrying can help."""
     logs = [root / "runs" / a.spec.run_id / LOG_FILE for a in failed]
     first = failed[0]
-    reason = _error_line(logs[0]) or first.error
+    reason = " ".join((_error_line(logs[0]) or first.error).split())
     if len(failed) == pending and pending > 1:
         where = f"logs: {root / 'runs'}/*/{LOG_FILE} (first: {logs[0]})"
-        head = f"sweep {name}: {len(failed)} of {pending} runs failed (all of them); first {first.spec.run_id}: {reason}"
+        head = (f"sweep {name}: {len(failed)} of {pending} runs failed (all of them); "
+                f"first {first.spec.run_id}: {reason}")
     else:
         where = f"log: {logs[0]}"
         head = f"sweep {name}: {len(failed)} of {pending} runs failed, first {first.spec.run_id}: {reason}"
