@@ -11,6 +11,7 @@ import pytest
 from fiat_jax import gin_utils
 from fiat_jax.errors import UserError
 from fiat_jax.sweeps import sweep
+from test_train_helpers import JAX_CACHE_ENV
 
 SWEEPS_DIR = gin_utils.DEFAULT_GIN_DIR / "sweeps"
 CI_DIR = pathlib.Path(__file__).resolve().parent / "sweep_ci"
@@ -27,7 +28,8 @@ def test_local_tiny_sweep_runs_to_the_end(name, tmp_path, repo_root):
     overlay = ["runs/local_tiny.gin", str(CI_DIR / "ci_overlay.gin")]  # the shipped overlay, then CI's
     gin.parse_config([f"SWEEP_DIR = '{tmp_path / 'sweep'}'", "sweep.seeds = [0]", "sweep.parallel = 1",
                       f"sweep.overlay_gin_files = {overlay!r}"])
-    env = {"PYTHONPATH": os.pathsep.join([str(repo_root), str(CI_DIR)]),
+    # The runs share compiled programs through JAX's persistent cache (same shapes across sizes and sweeps).
+    env = {**JAX_CACHE_ENV, "PYTHONPATH": os.pathsep.join([str(repo_root), str(CI_DIR)]),
            "FIAT_TEACHER_CACHE": str(tmp_path / "teacher_cache.sqlite")}
     try:
         summary = sweep.sweep(env=env, timeout_s=900, progress=False)
