@@ -7,9 +7,11 @@ Names end with the language (the sweep reads ``<family>_<lang>`` as family and l
 (``mgsm``, ``xcopa``, ...); per-language mixtures are ``lang_<lang>`` (every family that has the language).
 
 Splits: single-split sources (MGSM, TyDi QA GoldP dev, Alpaca-scored) are cut into seeded train/validation/test
-plus ``full``; XCOPA publishes validation (100) and test (500) only, so its ``train`` is a copy of validation
-(the same 100 items: do not select checkpoints on XCOPA validation when training on it); XOR-AttriQA
-and XTREME-UP QA keep their published train/validation/test.
+(50% / 10% / 40%, a repeated item kept once) plus ``full`` (the whole set, train included); XCOPA publishes
+validation (100) and test (500) only, so a seeded carve-out of its validation set makes ``train`` (80) and
+``validation`` (20), and ``test`` is the published 500; XOR-AttriQA and XTREME-UP QA keep their published
+train/validation/test. Preparing a task refuses when a validation or test example is also in train (by id or by
+normalised content), see ``fiat_jax.data.tfds_builders.build_splits``.
 """
 
 from __future__ import annotations
@@ -39,8 +41,17 @@ def register(*, data_dir: str, tfds_dir: str, seed: int, split_fractions: Mappin
              num_train_examples: int | None, strict: bool, mgsm_num_exemplars: int,
              chat_template: str | None, xtreme_up_languages: tuple[str, ...] | None) -> list[str]:
     """Register every task and mixture; returns the task names."""
-    prepared = tfds_builders.prepared_dir(tfds_dir, source_dir=data_dir, seed=seed, split_fractions=split_fractions,
-                                          strict=strict)
+    prepared_by_source: dict[str, str] = {}
+
+    def prepared(source: str) -> str:
+        # Keyed by the contents of the source's files: an edited data file is prepared again.
+        if source not in prepared_by_source:
+            fingerprint = tfds_builders.source_fingerprint(data_dir, sources.SOURCES[source], memo_dir=tfds_dir)
+            prepared_by_source[source] = tfds_builders.prepared_dir(
+                tfds_dir, source_dir=data_dir, seed=seed, split_fractions=split_fractions, strict=strict,
+                fingerprint=fingerprint)
+        return prepared_by_source[source]
+
     builder_kwargs = {"source_dir": data_dir, "seed": seed, "split_fractions": dict(split_fractions),
                       "strict": strict}
     names: list[str] = []
@@ -55,7 +66,7 @@ def register(*, data_dir: str, tfds_dir: str, seed: int, split_fractions: Mappin
         common.add_task(
             name,
             source=seqio.TfdsDataSource(tfds_name=f"{builder.name}/{lang}:{tfds_builders.BUILDER_VERSION}",
-                                        tfds_data_dir=prepared, splits=split_map,
+                                        tfds_data_dir=prepared(source), splits=split_map,
                                         tfds_builder_kwargs=builder_kwargs),
             output_features=common.output_features(),
             preprocessors=cap + fmt + chat + common.tokenize_steps(), **task_kwargs)

@@ -49,8 +49,9 @@ def test_exact_counts_through_tfds(shared_data_dir, tfds_dir):
     mgsm = {s: _ids("mgsm_bn", s) for s in ("train", "validation", "test", "full")}
     assert {s: len(v) for s, v in mgsm.items()} == {"train": 125, "validation": 25, "test": 100, "full": 250}
     assert sorted(mgsm["train"] + mgsm["validation"] + mgsm["test"]) == sorted(mgsm["full"])
-    assert (len(_ids("xcopa_th", "validation")), len(_ids("xcopa_th", "test"))) == (100, 500)
-    assert len(_ids("xcopa_mc_th", "validation")) == 200  # two scored rows per item
+    # XCOPA: a seeded 80/20 carve-out of the published 100 validation items, the published 500 test items.
+    assert [len(_ids("xcopa_th", s)) for s in ("train", "validation", "test")] == [80, 20, 500]
+    assert len(_ids("xcopa_mc_th", "validation")) == 40  # two scored rows per item
     with open(shared_data_dir / "tydiqa_goldp" / "bengali_dev.json", encoding="utf-8") as f:
         n = sum(len(p["qas"]) for a in json.load(f)["data"] for p in a["paragraphs"])
     assert len(_ids("tydiqa_goldp_bn", "full")) == n == 113
@@ -114,7 +115,11 @@ def test_tasks_cli_list_and_show(shared_data_dir, tfds_dir, capsys):
     gin.bind_parameter("register_all.tfds_dir", tfds_dir)
     tasks_cli.tasks_main(action="list", name=None, split="train", n=3)
     listed = capsys.readouterr().out
-    assert "mgsm_en\tsplits=" in listed and "lang_sw\tmixture" in listed
+    assert "mgsm_en\tsplits=train:125,validation:25,test:100,full:250\n" in listed and "lang_sw\tmixture" in listed
+    assert ("xcopa_sw\tsplits=train:80,validation:20,test:500 from train: seeded 80% of published validation; "
+            "validation: seeded 20% of published validation; test: published test\n") in listed
+    assert "synthetic_docs_en\tsplits=train:12\n" in listed
+    assert "xor_attriqa_bn\tsplits=train,validation,test (unavailable: " in listed  # not in ../shared/data
     tasks_cli.tasks_main(action="show", name="mgsm_en", split="train", n=2)
     shown = capsys.readouterr().out
     assert shown.count("--- mgsm_en [train]") == 2 and "inputs (" in shown and "targets (" in shown
@@ -124,10 +129,15 @@ def test_tasks_cli_list_and_show(shared_data_dir, tfds_dir, capsys):
         tasks_cli.tasks_main(action="show", name="mgsm_en", split="dev", n=1)
 
 
-def test_xcopa_train_is_its_validation_set_and_capped(shared_data_dir, tfds_dir):
+def test_xcopa_train_is_carved_out_of_validation_disjoint_and_capped(shared_data_dir, tfds_dir):
     tasks.register_all(data_dir=str(shared_data_dir), tfds_dir=tfds_dir, num_train_examples=30)
-    train, val = _ids("xcopa_vi", "train"), _ids("xcopa_vi", "validation")
-    assert len(train) == 30 and len(val) == 100 and set(train) < set(val)
+    train, val, test = (_ids("xcopa_vi", s) for s in ("train", "validation", "test"))
+    assert len(train) == 30 and len(val) == 20 and len(test) == 500
+    assert not set(train) & set(val) and not set(train) & set(test)
+    # Carved from the published validation file (ids keep its name), by a seed: another seed, another carve.
+    assert all(i.startswith("xcopa/vi/validation/") for i in train + val)
+    tasks.register_all(data_dir=str(shared_data_dir), tfds_dir=tfds_dir, seed=1)
+    assert set(_ids("xcopa_vi", "validation")) != set(val)
 
 
 def test_synthetic_tasks_are_deterministic_and_scored_by_option(shared_data_dir, tfds_dir):

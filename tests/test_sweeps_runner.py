@@ -281,3 +281,16 @@ def test_a_sweep_of_real_train_and_eval_runs(tmp_path):
         assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]
     md = (report_lib.report(results_dir=tmp_path) / "report.md").read_text()
     assert "| lr=3e-3 |" in md
+
+
+def test_failure_line_names_the_logs_and_says_when_a_rerun_cannot_help(tmp_path):
+    kwargs = dict(methods={"ICL": ["icl.gin"], "FIAT": ["fiat.gin"]}, base_gin_files=["base.gin"], seeds=[0, 1],
+                  command=[str(FAKE_RUN)], gin_search_paths=[str(FAKE_DIR)], progress=False)
+    with pytest.raises(UserError) as err:  # every run fails the same way: one line, the logs, no "rerun"
+        sweep.sweep(sweep_dir=str(tmp_path / "all"), bindings={"fake_run.fail": True}, **kwargs)
+    message = str(err.value).splitlines()[0]  # gin appends "In call to configurable ..." (the CLI prints line 1)
+    assert "4 of 4 runs failed (all of them)" in message and "exit code 1" in message
+    assert f"logs: {tmp_path / 'all' / 'runs'}/*/sweep_run.log" in message
+    assert "rerunning unchanged fails the same way" in message and "rerun the sweep to retry" not in message
+    with pytest.raises(UserError, match="rerun the sweep to retry them"):  # timed out: a rerun may help
+        sweep.sweep(sweep_dir=str(tmp_path / "slow"), timeout_s=0.001, **kwargs)

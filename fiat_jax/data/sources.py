@@ -5,7 +5,8 @@ Every example has a stable ``id`` (used to join teacher outputs) and a ``languag
 
 Expected layouts under ``data_dir`` (the DATA_DIR gin macro):
   mgsm/mgsm_<lang>.tsv, mgsm/exemplars.json            question<TAB>answer; 250 rows per language
-  xcopa/val.<lang>.jsonl, xcopa/test.<lang>.jsonl      100 / 500 rows per language, no train split
+  xcopa/val.<lang>.jsonl, xcopa/test.<lang>.jsonl      100 / 500 rows per language, no train split (carved:
+                                                       seeded 80 train + 20 validation of val, test as published)
   tydiqa_goldp/<language>_dev.json                     SQuAD v1.1 JSON, one dev file per language
   alpaca_scored/en-alpaca52k-stage3.jsonl              {"id", "score", "data": [instruction, response]}
   xor_attriqa/in-language/<lang>.jsonl                 test rows per language (bn fi ja ru te), plus
@@ -46,8 +47,21 @@ class SourceSpec:
     read: Callable[[str, str, RowReport], Examples]
     # One file that must exist for the language to be available (tasks are left out of mixtures otherwise).
     probe: Callable[[str, str], str]
-    # A source without a train split may train on another of its splits (XCOPA: its validation set).
-    train_from: str | None = None
+    # The input fields that make two examples the same item (the disjointness check compares them normalised).
+    content_fields: tuple[str, ...] = ()
+    # Where the published files live under DATA_DIR (the prepared-data cache is keyed by their contents).
+    subdir: str = ""
+    # A source without a train split carves one out of a published split: (that split, {piece: fraction}),
+    # seeded; XCOPA's 100 validation items become 80 train + 20 validation, its 500 test items stay the test.
+    carve: tuple[str, dict[str, float]] | None = None
+
+    def split_origins(self) -> dict[str, str]:
+        """Where each split a task of this source reads comes from, in words (``fiat tasks list``)."""
+        if self.carve is not None:
+            native, pieces = self.carve
+            return {**{name: f"seeded {fraction:.0%} of published {native}" for name, fraction in pieces.items()},
+                    "test": "published test"}
+        return {}
 
 
 # ---------------------------------------------------------------- MGSM
@@ -227,30 +241,38 @@ def read_xtreme_up_qa(data_dir: str, lang: str, report: RowReport, *, setting: s
 
 SOURCES: dict[str, SourceSpec] = {
     "mgsm": SourceSpec("mgsm", MGSM_LANGUAGES, {"question": "text", "answer": "text"}, read_mgsm,
-                       lambda d, lang: os.path.join(d, "mgsm", f"mgsm_{lang}.tsv")),
+                       lambda d, lang: os.path.join(d, "mgsm", f"mgsm_{lang}.tsv"), content_fields=("question",),
+                       subdir="mgsm"),
     "xcopa": SourceSpec("xcopa", XCOPA_LANGUAGES,
                         {"premise": "text", "choice1": "text", "choice2": "text", "question": "text",
                          "label": "int"}, read_xcopa,
-                        lambda d, lang: os.path.join(d, "xcopa", f"test.{lang}.jsonl"), train_from="validation"),
+                        lambda d, lang: os.path.join(d, "xcopa", f"test.{lang}.jsonl"),
+                        content_fields=("premise", "choice1", "choice2", "question"), subdir="xcopa",
+                        carve=("validation", {"train": 0.8, "validation": 0.2})),
     "tydiqa_goldp": SourceSpec("tydiqa_goldp", tuple(TYDIQA_LANGUAGES),
                                {"title": "text", "context": "text", "question": "text", "answers": "text_list"},
                                read_tydiqa,
-                               lambda d, lang: os.path.join(d, "tydiqa_goldp", f"{TYDIQA_LANGUAGES[lang]}_dev.json")),
+                               lambda d, lang: os.path.join(d, "tydiqa_goldp", f"{TYDIQA_LANGUAGES[lang]}_dev.json"),
+                               content_fields=("context", "question"), subdir="tydiqa_goldp"),
     "alpaca_scored": SourceSpec("alpaca_scored", ("en",),
                                 {"instruction": "text", "response": "text", "score": "float"}, read_alpaca_scored,
-                                lambda d, lang: os.path.join(d, "alpaca_scored", "en-alpaca52k-stage3.jsonl")),
+                                lambda d, lang: os.path.join(d, "alpaca_scored", "en-alpaca52k-stage3.jsonl"),
+                                content_fields=("instruction",), subdir="alpaca_scored"),
     "xor_attriqa": SourceSpec("xor_attriqa", XOR_ATTRIQA_LANGUAGES,
                               {"query": "text", "prediction": "text", "passage": "text", "passage_language": "text",
                                "label": "int"}, read_xor_attriqa,
-                              lambda d, lang: os.path.join(d, "xor_attriqa", "in-language", f"{lang}.jsonl")),
+                              lambda d, lang: os.path.join(d, "xor_attriqa", "in-language", f"{lang}.jsonl"),
+                              content_fields=("query", "prediction", "passage"), subdir="xor_attriqa"),
     "xtreme_up_qa_in_lang": SourceSpec(
         "xtreme_up_qa_in_lang", XTREME_UP_QA_LANGUAGES,
         {"title": "text", "context": "text", "question": "text", "answers": "text_list"},
         lambda d, lang, r: read_xtreme_up_qa(d, lang, r, setting="qa_in_lang"),
-        lambda d, lang: os.path.join(d, "xtreme_up", "qa_in_lang", "test", f"{lang}.jsonl")),
+        lambda d, lang: os.path.join(d, "xtreme_up", "qa_in_lang", "test", f"{lang}.jsonl"),
+        content_fields=("context", "question"), subdir=os.path.join("xtreme_up", "qa_in_lang")),
     "xtreme_up_qa_cross_lang": SourceSpec(
         "xtreme_up_qa_cross_lang", XTREME_UP_QA_LANGUAGES,
         {"title": "text", "context": "text", "question": "text", "answers": "text_list"},
         lambda d, lang, r: read_xtreme_up_qa(d, lang, r, setting="qa_cross_lang"),
-        lambda d, lang: os.path.join(d, "xtreme_up", "qa_cross_lang", "test", f"{lang}.jsonl")),
+        lambda d, lang: os.path.join(d, "xtreme_up", "qa_cross_lang", "test", f"{lang}.jsonl"),
+        content_fields=("context", "question"), subdir=os.path.join("xtreme_up", "qa_cross_lang")),
 }

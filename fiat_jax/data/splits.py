@@ -1,4 +1,5 @@
-"""Deterministic train/validation/test cuts for single-split sources, and nested training-set caps.
+"""Deterministic train/validation/test cuts for single-split sources, their disjointness check, and nested
+training-set caps.
 
 Why ranks: each example carries ``rank``, its position in a seeded shuffle of its split. Keeping ``rank < N``
 gives a training set of exactly N examples, and the first 100 are inside the first 1000 (nested caps), so a
@@ -7,7 +8,10 @@ scale sweep changes only how much data a run sees, never which examples come fir
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +19,80 @@ import numpy as np
 from fiat_jax.errors import UserError
 
 DEFAULT_FRACTIONS: Mapping[str, float] = {"train": 0.5, "validation": 0.1, "test": 0.4}
+TRAIN_SPLITS = ("train",)
+EVAL_SPLITS = ("validation", "test")  # ``full`` (the whole published set, train included) is neither
+_SPACE = re.compile(r"\s+")
+
+
+def normalise(text: Any) -> str:
+    """Text as compared for duplicates: NFKC, case-folded, whitespace collapsed (a list joins its items)."""
+    if isinstance(text, (list, tuple)):
+        text = "\x1e".join(str(t) for t in text)
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", str(text)).casefold()).strip()
+
+
+def content_key(example: Mapping[str, Any], fields: Sequence[str]) -> str:
+    """The normalised content of an example's input fields: two examples with one key are the same item."""
+    return "\x1f".join(normalise(example.get(f, "")) for f in fields)
+
+
+def drop_repeats(examples: Sequence[dict[str, Any]], fields: Sequence[str], *,
+                 where: str = "") -> list[dict[str, Any]]:
+    """One example per normalised content (the smallest id wins), so a seeded cut cannot put the same item on
+    both sides; the number dropped is logged."""
+    best: dict[str, dict[str, Any]] = {}
+    for ex in examples:
+        key = content_key(ex, fields)
+        if key not in best or ex["id"] < best[key]["id"]:
+            best[key] = ex
+    kept_ids = {ex["id"] for ex in best.values()}
+    kept = [ex for ex in examples if ex["id"] in kept_ids]
+    if len(kept) != len(examples):
+        logging.getLogger(__name__).info("%s: %d repeated item(s) (same normalised content) kept once",
+                                         where or "cut", len(examples) - len(kept))
+    return kept
+
+
+def check_disjoint(split_rows: Mapping[str, Iterable[Mapping[str, Any]]], *, task: str,
+                   content_fields: Sequence[str], train_splits: Sequence[str] = TRAIN_SPLITS,
+                   eval_splits: Sequence[str] = EVAL_SPLITS) -> None:
+    """UserError naming ``task`` and the first evaluation example also found in a training split, by id or by
+    normalised content of ``content_fields``."""
+    ids: dict[str, str] = {}
+    keys: dict[str, tuple[str, str]] = {}
+    for split in train_splits:
+        for ex in split_rows.get(split, ()):
+            ids[str(ex["id"])] = split
+            if content_fields:
+                keys[content_key(ex, content_fields)] = (split, str(ex["id"]))
+    for split in eval_splits:
+        for ex in split_rows.get(split, ()):
+            if str(ex["id"]) in ids:
+                raise UserError(f"task {task}: {split} example {ex['id']} is also in the {ids[str(ex['id'])]} split "
+                                "(same id); evaluation items must never be trained on")
+            hit = keys.get(content_key(ex, content_fields)) if content_fields else None
+            if hit is not None:
+                raise UserError(f"task {task}: {split} example {ex['id']} has the same content as {hit[0]} example "
+                                f"{hit[1]}; evaluation items must never be trained on")
+
+
+def carve(examples: Sequence[dict[str, Any]], *, seed: int,
+          fractions: Mapping[str, float]) -> dict[str, list[dict[str, Any]]]:
+    """Seeded disjoint pieces of one split, named by ``fractions`` (in order; floors, the last takes the rest);
+    each example gets ``split`` and ``rank`` within its piece. XCOPA's published validation set becomes its
+    ``train`` and ``validation`` this way (see ``sources.SourceSpec.carve``)."""
+    if not fractions or any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise UserError(f"carve-out fractions must be >= 0 and sum to 1; got {dict(fractions)}")
+    n = len(examples)
+    order = seeded_order([e["id"] for e in examples], seed)
+    out: dict[str, list[dict[str, Any]]] = {}
+    lo = 0
+    names = list(fractions)
+    for index, name in enumerate(names):
+        hi = n if index == len(names) - 1 else lo + int(np.floor(n * fractions[name]))
+        out[name] = [dict(examples[i], split=name, rank=r) for r, i in enumerate(order[lo:hi])]
+        lo = hi
+    return out
 
 
 def seeded_order(ids: Sequence[str], seed: int) -> list[int]:
@@ -69,4 +147,5 @@ def cap_filter(num_train_examples: int | None):
                                                   tf.cast(ex["rank"], tf.int64) < n))
 
     _cap.__name__ = f"cap_train_examples_{num_train_examples}"
+    _cap.num_train_examples = num_train_examples  # read by `fiat tasks list`
     return _cap

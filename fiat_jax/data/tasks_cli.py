@@ -1,4 +1,8 @@
-"""``fiat tasks list`` / ``fiat tasks show NAME --split train -n 3``: what a task feeds the model."""
+"""``fiat tasks list`` / ``fiat tasks show NAME --split train -n 3``: what a task feeds the model.
+
+``list`` prints every task with the size of each split (preparing a TFDS-backed task on first use, which also runs
+its train/eval disjointness check), the training cap when one is set, and where a carved split comes from.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ from fiat_jax.errors import UserError
 def tasks_main(*, action: str, name: str | None = None, split: str = "train", n: int = 3) -> None:
     tasks.register_all()
     if action == "list":
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()  # preparing a task on first use would print bars between the lines
         for task_name in sorted(seqio.TaskRegistry.names()):
-            task = seqio.TaskRegistry.get(task_name)
-            print(f"{task_name}\tsplits={','.join(task.splits)}")
+            print(f"{task_name}\t{describe_splits(seqio.TaskRegistry.get(task_name))}", flush=True)
         for mix_name in sorted(seqio.MixtureRegistry.names()):
             print(f"{mix_name}\tmixture of {len(seqio.MixtureRegistry.get(mix_name).tasks)} tasks")
         return
@@ -49,3 +55,42 @@ def show_examples(name: str, *, split: str, n: int) -> list[str]:
                 lines.append(f"{feature} ({len(ex[feature])} tokens):\n{text}")
         blocks.append("\n".join(lines))
     return blocks
+
+
+def split_sizes(task: seqio.Task) -> dict[str, int]:
+    """Examples in each split of ``task`` as its source holds them (before the training cap)."""
+    source = task.source
+    if isinstance(source, seqio.TfdsDataSource):
+        source.tfds_dataset.builder.download_and_prepare()
+        return {split: int(source.num_input_examples(split)) for split in task.splits}
+    sizes = {}
+    for split in task.splits:
+        n = source.num_input_examples(split)
+        if n is None:
+            ds = source.get_dataset(split=split, shuffle=False)
+            n = int(ds.reduce(0, lambda count, _: count + 1).numpy())
+        sizes[split] = int(n)
+    return sizes
+
+
+def describe_splits(task: seqio.Task) -> str:
+    """``splits=train:125,validation:25,...`` plus the training cap and carved splits' origins, one line."""
+    from fiat_jax.data import sources, tfds_builders
+
+    try:
+        sizes = split_sizes(task)
+    except UserError as err:
+        return f"splits={','.join(task.splits)} (unavailable: {str(err).splitlines()[0]})"
+    line = "splits=" + ",".join(f"{split}:{n}" for split, n in sizes.items())
+    cap = next((getattr(p, "num_train_examples", None) for p in task.preprocessors
+                if getattr(p, "num_train_examples", None) is not None), None)
+    if cap is not None and "train" in sizes:
+        line += f" (training on {min(cap, sizes['train'])}: num_train_examples={cap})"
+    if isinstance(task.source, seqio.TfdsDataSource):
+        builder = task.source.tfds_dataset.name.split("/")[0]
+        by_builder = {b.name: b.SOURCE for b in tfds_builders.BUILDERS.values()}
+        spec = sources.SOURCES.get(by_builder.get(builder, ""))
+        origins = spec.split_origins() if spec else {}
+        if origins:
+            line += " from " + "; ".join(f"{split}: {origin}" for split, origin in origins.items())
+    return line

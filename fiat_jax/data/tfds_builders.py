@@ -3,13 +3,16 @@
 Why TFDS: a large release is parsed and validated once, then every host reads the prepared TFRecords fast through
 ``seqio.TfdsDataSource``. Each builder has one config per language; its constructor takes ``source_dir`` (the
 DATA_DIR holding the published files), ``seed`` and ``split_fractions`` (used to cut single-split sources) and
-``strict``. Prepared data goes to ``prepared_dir(...)``, a directory keyed by those arguments, so a different
-source directory or seed never reads stale records.
+``strict``. Prepared data goes to ``prepared_dir(...)``, a directory keyed by those arguments and by the contents of
+the source's files (``source_fingerprint``), so a different source directory, seed or an edited data file never
+reads stale records.
 
-Splits written: the source's own splits, or, for a single-split source, seeded ``train``/``validation``/``test``
-plus ``full`` (the whole published set); a source with no train split but a ``train_from`` gets a ``train`` copy
-of that split (XCOPA trains on its 100 validation items). Every example carries ``split`` and ``rank``
-(see ``splits.py``).
+Splits written (``build_splits``): the source's own splits, or, for a single-split source, seeded
+``train``/``validation``/``test`` plus ``full`` (the whole published set, train included); a source with no train
+split and a ``carve`` gets a seeded, disjoint ``train``/``validation`` carved out of one published split (XCOPA:
+80 + 20 of its 100 validation items; its 500 test items stay the test). Preparation refuses (UserError) when an
+example of ``validation`` or ``test`` is also in ``train``, by id or by normalised content. Every example carries
+``split`` and ``rank`` (see ``splits.py``).
 """
 
 from __future__ import annotations
@@ -40,14 +43,87 @@ def _feature(kind: str):
 
 
 def prepared_dir(root: str, *, source_dir: str, seed: int, split_fractions: Mapping[str, float],
-                 strict: bool = False) -> str:
+                 strict: bool = False, fingerprint: str = "") -> str:
     """Where TFRecords prepared from ``source_dir`` with this seed, cut and strictness live, under ``root``.
 
-    Strictness is part of the key so a strict run never reuses records a lenient run prepared past bad rows.
+    Strictness is part of the key so a strict run never reuses records a lenient run prepared past bad rows;
+    ``fingerprint`` (``source_fingerprint``) so an edited data file is prepared again.
     """
     key = json.dumps({"src": os.path.abspath(source_dir), "seed": seed, "fractions": dict(split_fractions),
-                      "strict": strict, "version": BUILDER_VERSION}, sort_keys=True)
+                      "strict": strict, "version": BUILDER_VERSION, "files": fingerprint}, sort_keys=True)
     return os.path.join(root, hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+_FINGERPRINTS_FILE = ".source_fingerprints.json"
+
+
+def source_fingerprint(source_dir: str, spec: sources.SourceSpec, *, memo_dir: str | None = None) -> str:
+    """A hash of the contents of every file under ``source_dir/<spec.subdir>`` ("missing" when there is none).
+
+    A file's SHA-256 is recomputed only when its size or mtime changed since the last call (remembered in
+    ``memo_dir/.source_fingerprints.json``), so registering tasks stays cheap while an edited file still changes
+    the fingerprint.
+    """
+    base = os.path.join(source_dir, spec.subdir) if spec.subdir else source_dir
+    if not os.path.isdir(base):
+        return "missing"
+    memo_path = os.path.join(memo_dir, _FINGERPRINTS_FILE) if memo_dir else None
+    memo: dict[str, Any] = {}
+    if memo_path and os.path.isfile(memo_path):
+        try:
+            with open(memo_path) as f:
+                memo = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            memo = {}
+    changed = False
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(base):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.abspath(os.path.join(folder, name))
+            stat = os.stat(path)
+            seen = memo.get(path)
+            if seen and seen[0] == stat.st_size and seen[1] == stat.st_mtime_ns:
+                file_hash = seen[2]
+            else:
+                file_hash = _sha256_file(path)
+                memo[path] = [stat.st_size, stat.st_mtime_ns, file_hash]
+                changed = True
+            digest.update(f"{os.path.relpath(path, base)}\0{file_hash}\0".encode())
+    if memo_path and changed:
+        os.makedirs(memo_dir, exist_ok=True)
+        tmp = f"{memo_path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(memo, f)
+        os.replace(tmp, memo_path)
+    return digest.hexdigest()[:16]
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_splits(spec: sources.SourceSpec, source_dir: str, lang: str, *, seed: int,
+                 fractions: Mapping[str, float], report: RowReport) -> dict[str, list[dict[str, Any]]]:
+    """The examples of every split a task of ``spec`` in ``lang`` reads, disjoint train/eval (checked)."""
+    native = spec.read(source_dir, lang, report)
+    task = f"{spec.name}_{lang}"
+    if "train" not in native and spec.carve is not None:
+        origin, pieces = spec.carve
+        carved = splits.carve(splits.drop_repeats(native.pop(origin), spec.content_fields, where=task),
+                              seed=seed, fractions=pieces)
+        out = {**carved, **{name: splits.with_ranks(rows, seed=seed, split=name) for name, rows in native.items()}}
+    elif len(native) == 1:
+        (only,) = native.values()
+        out = splits.cut(splits.drop_repeats(only, spec.content_fields, where=task), seed=seed, fractions=fractions)
+    else:
+        out = {name: splits.with_ranks(rows, seed=seed, split=name) for name, rows in native.items()}
+    splits.check_disjoint(out, task=task, content_fields=spec.content_fields)
+    return out
 
 
 class _LocalFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -80,15 +156,9 @@ class _LocalFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
     def _split_generators(self, dl_manager):  # noqa: ARG002 - local files, nothing to download
         report = RowReport(strict=self._strict)
-        native = self.spec.read(self._source_dir, self.builder_config.name, report)
+        out = build_splits(self.spec, self._source_dir, self.builder_config.name, seed=self._seed,
+                           fractions=self._fractions, report=report)
         report.log_summary()
-        if "train" not in native and self.spec.train_from:
-            native["train"] = list(native[self.spec.train_from])
-        if len(native) == 1:
-            (only,) = native.values()
-            out = splits.cut(only, seed=self._seed, fractions=self._fractions)
-        else:
-            out = {name: splits.with_ranks(rows, seed=self._seed, split=name) for name, rows in native.items()}
         return {name: self._generate_examples(rows) for name, rows in out.items()}
 
     def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:

@@ -292,10 +292,14 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
         data = synthetic.generate(seed=synthetic_seed, languages=(language,), **generate_overrides)
         all_documents, items, task = data.documents, data.items, f"synthetic_facts_{language}"
         source = "the synthetic world"
-    if num_train_examples and num_train_examples > len(all_documents):
-        raise UserError(f"augmented fine-tuning: num_train_examples={num_train_examples} documents asked for, "
-                        f"{source} has {len(all_documents)}"
-                        + (" (grow it with generate_overrides, e.g. num_chains)" if documents_file is None else ""))
+    from fiat_jax.methods.examples import training_set_size_policy
+
+    if num_train_examples and num_train_examples > len(all_documents) and not training_set_size_policy():
+        grow = f" in {language!r} (grow it with generate_overrides, e.g. num_chains, or" if documents_file is None \
+            else " (or"
+        raise UserError(f"augmented fine-tuning: task {task}: num_train_examples={num_train_examples} documents "
+                        f"asked for, {source} has {len(all_documents)}{grow} bind "
+                        "training_set_size_policy.take_what_exists = True)")
     documents = all_documents[:num_train_examples] if num_train_examples else all_documents
     if not documents:
         raise UserError("augmented fine-tuning: no training documents")
@@ -355,6 +359,7 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
                                            if teacher is not None and (local or global_) else None),
                                   **({"documents_file": documents_file, "probes_file": probes_file}
                                      if documents_file is not None else {}),
+                                  num_train_examples=len(documents), num_train_examples_requested=num_train_examples,
                                   tokens_seen=int(result.metrics.get("train/tokens_seen", 0) or 0),
                                   params_trained=int(result.metrics.get("train/params_trained", 0) or 0),
                                   params_total=student.count_params(result.model))

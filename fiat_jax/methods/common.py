@@ -24,11 +24,14 @@ def task_names(mixture_or_task_name: str) -> list[str]:
     return [t.name for t in obj.tasks] if isinstance(obj, seqio.Mixture) else [obj.name]
 
 
-def split_examples(mixture_or_task_name: str, split: str, *, limit: int | None = None) -> dict[str, list[dict]]:
-    """``{task: [example, ...]}`` for every task of a mixture (``limit`` examples per task at most)."""
+def split_examples(mixture_or_task_name: str, split: str, *, limit: int | None = None,
+                   exact: bool | None = None) -> dict[str, list[dict]]:
+    """``{task: [example, ...]}`` for every task of a mixture (``limit`` examples per task at most; for ``train``
+    exactly, unless ``training_set_size_policy`` takes what exists: see ``examples.task_examples``; ``exact=False``
+    for examples that are not a training set, e.g. ICL exemplars)."""
     out = {}
     for name in task_names(mixture_or_task_name):
-        rows = task_examples(name, split, limit=limit)
+        rows = task_examples(name, split, limit=limit, exact=split == "train" if exact is None else exact)
         if not rows:
             raise UserError(f"task {name} has no {split!r} examples")
         out[name] = rows

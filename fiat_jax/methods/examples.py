@@ -88,10 +88,42 @@ def register_examples_task(name: str, rows_by_split: Mapping[str, Sequence[Examp
         postprocess_fn=postprocess_fn, metric_fns=list(metric_fns))
 
 
-def task_examples(name: str, split: str, *, limit: int | None = None) -> list[Example]:
-    """Raw (untokenised) examples of a registered task or mixture split, as Python dicts of str/int/float."""
-    import numpy as np
+@gin.configurable
+def training_set_size_policy(*, take_what_exists: bool = False) -> bool:
+    """Whether a training set smaller than asked for is used as it is (True; the run records the actual size as
+    ``num_train_examples``) instead of being a UserError naming the task, the size asked and the size there is
+    (False, the default). gin: ``training_set_size_policy.take_what_exists = True``."""
+    return take_what_exists
 
+
+# task -> {"requested": N asked (None: all), "actual": n used}, for the training sets this process drew; the
+# method's results.json reports them (``training_set_sizes``).
+_TRAINING_SETS: dict[str, dict[str, int | None]] = {}
+
+
+def training_set_sizes(tasks: Sequence[str] | None = None) -> dict[str, Any]:
+    """``{"num_train_examples": actual, "num_train_examples_requested": asked}`` of the training sets drawn by
+    :func:`task_examples` with ``exact=True`` (per task; the smallest over ``tasks`` when they differ, with
+    ``num_train_examples_by_task`` then), or ``{}`` when none was drawn."""
+    drawn = {t: v for t, v in _TRAINING_SETS.items() if tasks is None or t in tasks}
+    if not drawn:
+        return {}
+    actual = {t: v["actual"] for t, v in drawn.items()}
+    requested = [v["requested"] for v in drawn.values()]
+    out: dict[str, Any] = {"num_train_examples": min(actual.values()),
+                           "num_train_examples_requested": None if None in requested else max(requested)}
+    if len(set(actual.values())) > 1:
+        out["num_train_examples_by_task"] = actual
+    return out
+
+
+def task_examples(name: str, split: str, *, limit: int | None = None, exact: bool = False) -> list[Example]:
+    """Raw (untokenised) examples of a registered task or mixture split, as Python dicts of str/int/float.
+
+    ``limit``: at most that many per task. ``exact`` (training sets): a task with fewer than ``limit`` examples
+    is a UserError naming the task, the size asked and the size there is, unless
+    :func:`training_set_size_policy` takes what exists; the size used is recorded (:func:`training_set_sizes`).
+    """
     try:
         task = seqio.get_mixture_or_task(name)
     except ValueError as err:
@@ -101,24 +133,38 @@ def task_examples(name: str, split: str, *, limit: int | None = None) -> list[Ex
     for t in tasks:
         if split not in t.splits:
             raise UserError(f"task {t.name} has no split {split!r} (has {', '.join(t.splits)})")
-        ds = t.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False)
-        for ex in ds.as_numpy_iterator():
-            row: Example = {"task": t.name}
-            for k, v in ex.items():
-                if k.endswith("_pretokenized"):
-                    row[k[:-len("_pretokenized")]] = v.decode() if isinstance(v, bytes) else v
-                elif k in ("inputs", "targets"):
-                    continue
-                elif isinstance(v, bytes):
-                    row[k] = v.decode()
-                elif isinstance(v, np.ndarray):
-                    row[k] = [x.decode() if isinstance(x, bytes) else x.item() for x in v.tolist()] \
-                        if v.dtype == object else v.tolist()
-                elif isinstance(v, np.generic):
-                    row[k] = v.item()
-                else:
-                    row[k] = v
-            out.append(row)
-            if limit is not None and len(out) >= limit:
-                return out
+        rows = _read_task(t, split, limit)
+        if exact:
+            if limit is not None and len(rows) < limit and not training_set_size_policy():
+                raise UserError(f"task {t.name}: {limit} {split} examples asked for, it has {len(rows)} (ask for "
+                                f"at most {len(rows)}, or bind training_set_size_policy.take_what_exists = True)")
+            _TRAINING_SETS[t.name] = {"requested": limit, "actual": len(rows)}
+        out += rows
+    return out
+
+
+def _read_task(t: seqio.Task, split: str, limit: int | None) -> list[Example]:
+    import numpy as np
+
+    out: list[Example] = []
+    ds = t.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False)
+    for ex in ds.as_numpy_iterator():
+        row: Example = {"task": t.name}
+        for k, v in ex.items():
+            if k.endswith("_pretokenized"):
+                row[k[:-len("_pretokenized")]] = v.decode() if isinstance(v, bytes) else v
+            elif k in ("inputs", "targets"):
+                continue
+            elif isinstance(v, bytes):
+                row[k] = v.decode()
+            elif isinstance(v, np.ndarray):
+                row[k] = [x.decode() if isinstance(x, bytes) else x.item() for x in v.tolist()] \
+                    if v.dtype == object else v.tolist()
+            elif isinstance(v, np.generic):
+                row[k] = v.item()
+            else:
+                row[k] = v
+        out.append(row)
+        if limit is not None and len(out) >= limit:
+            return out
     return out

@@ -61,7 +61,8 @@ def icl_method(*, model_dir: str, mixture_or_task_name: str, teacher: Any = None
 
     if teacher is None:
         raise UserError("ICL: missing teacher (bind icl_method.teacher)")
-    train_ex = common.split_examples(mixture_or_task_name, "train") if k else {}
+    # Exemplars, not a training set: nothing is trained, so no training-set size is recorded.
+    train_ex = common.split_examples(mixture_or_task_name, "train", exact=False) if k else {}
     eval_ex = common.split_examples(mixture_or_task_name, eval_split, limit=num_eval_examples)
     metrics: dict[str, dict[str, float]] = {}
     for task, examples in eval_ex.items():

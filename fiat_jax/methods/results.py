@@ -23,8 +23,15 @@ _log = logging.getLogger(__name__)
 def write_results(model_dir: str, *, metrics: Mapping[str, Mapping[str, float]], method: str,
                   tokens_seen: int | None = None, params_trained: int | None = None, **extra: Any) -> pathlib.Path | None:
     """``results.json``: ``{"metrics": {task: {metric: v}}, "method", "item_scores", "teacher_cost",
-    "provenance", ...}`` written atomically, last."""
+    "provenance", ...}`` written atomically, last.
+
+    The training-set size the method drew for these tasks (``num_train_examples``, the actual size, and
+    ``num_train_examples_requested``) is added unless ``extra`` names it.
+    """
+    from fiat_jax.methods.examples import training_set_sizes
     from fiat_jax.sweeps import run_results
+
+    extra = {**training_set_sizes(list(metrics)), **extra}
 
     task = next(iter(metrics), "")
     family = task.rsplit("_", 1)[0] if "_" in task else task

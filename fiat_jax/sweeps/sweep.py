@@ -344,6 +344,12 @@ def _finish(sweep_dir: pathlib.Path, name: str, attempt: _Attempt, axes: Mapping
            "attempts": attempts, "tokens_seen": results.tokens_seen, "params_trained": results.params_trained,
            "extra": results.extra, "run_dir": str(pathlib.Path("runs") / spec.run_id),
            "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    # The training-set size the run actually used (its results.json), next to the size the grid asked for.
+    requested = results.extra.get("num_train_examples_requested", spec.params.get(size_binding))
+    if requested is not None:
+        row["num_train_examples_requested"] = requested
+    if results.extra.get("num_train_examples") is not None:
+        row["num_train_examples"] = results.extra["num_train_examples"]
     _write_atomic(run_dir / DONE_FILE, json.dumps(row, sort_keys=True, indent=1))
     _append_row(sweep_dir, row)
     return row
@@ -434,6 +440,7 @@ def sweep(*, sweep_dir: str = gin.REQUIRED, methods: Mapping[str, Any] = gin.REQ
         axes = {"size": size_binding, "seed": seed_binding, "language": language_binding,
                 "require_results_json": require_results_json}
         finished, failed = [], []
+        attempts: dict[str, _Attempt] = {}
         for attempt in _run_all(pending, argvs, root, run_env, parallel, timeout_s, progress, name):
             log_path = root / "runs" / attempt.spec.run_id / LOG_FILE
             if not attempt.error:
@@ -444,15 +451,59 @@ def sweep(*, sweep_dir: str = gin.REQUIRED, methods: Mapping[str, Any] = gin.REQ
                 except run_results.NoResults as err:
                     attempt.error = str(err)
             failed.append(attempt.spec.run_id)
+            attempts[attempt.spec.run_id] = attempt
             _log.error("run %s failed (%s); log: %s", attempt.spec.run_id, attempt.error, log_path)
     finally:
         lock.close()
     summary = SweepSummary(root, len(runs), sorted(done), finished, failed)
     if failed:
-        raise UserError(f"sweep {name}: {len(failed)} of {len(pending)} runs failed, first {failed[0]} "
-                        f"(log: {root / 'runs' / failed[0] / LOG_FILE}); rerun the sweep to retry them")
+        failed = [spec.run_id for spec in pending if spec.run_id in attempts]  # plan order, not finishing order
+        raise UserError(failure_message(name, root, [attempts[r] for r in failed], len(pending)))
     _log.info("sweep %s: done, results in %s", name, root / RESULTS_FILE)
     return summary
+
+
+def _transient(attempt: _Attempt) -> bool:
+    """A run that timed out, could not start or was killed by a signal may pass when retried; one that exited
+    with an error (or left no results) fails the same way again."""
+    code = attempt.returncode
+    return code is None or code < 0 or code in (137, 143)
+
+
+def _error_line(log_path: pathlib.Path) -> str:
+    """The run's own one-line error (``fiat: error: ...``) from the last attempt in its log, if it printed one."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    starts = [i for i, line in enumerate(lines) if line.startswith("=== ")]
+    for line in reversed(lines[starts[-1] if starts else 0:]):
+        if line.startswith("fiat: error: "):
+            return line[len("fiat: error: "):].strip()
+    return ""
+
+
+def failure_message(name: str, root: pathlib.Path, failed: Sequence[_Attempt], pending: int) -> str:
+    """One line: how many runs failed, the first one's error and log, and whether retrying can help."""
+    logs = [root / "runs" / a.spec.run_id / LOG_FILE for a in failed]
+    first = failed[0]
+    reason = " ".join((_error_line(logs[0]) or first.error).split())
+    if len(failed) == pending and pending > 1:
+        where = f"logs: {root / 'runs'}/*/{LOG_FILE} (first: {logs[0]})"
+        head = (f"sweep {name}: {len(failed)} of {pending} runs failed (all of them); "
+                f"first {first.spec.run_id}: {reason}")
+    else:
+        where = f"log: {logs[0]}"
+        head = f"sweep {name}: {len(failed)} of {pending} runs failed, first {first.spec.run_id}: {reason}"
+    retry = [a for a in failed if _transient(a)]
+    if len(retry) == len(failed):
+        hint = "rerun the sweep to retry them (they timed out or were killed)"
+    elif retry:
+        hint = (f"{len(retry)} timed out or were killed (a rerun retries them); the others fail the same way "
+                "until their error is fixed")
+    else:
+        hint = "rerunning unchanged fails the same way: fix the error first (finished runs are kept)"
+    return f"{head} ({where}); {hint}"
 
 
 def worker_index() -> tuple[int, int]:
