@@ -32,6 +32,10 @@ EXTRAS = {
              "scikit-learn==1.9.1"],
     # Optional cross-checks against PyTorch implementations only; never needed to train.
     "reference": ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],
+    # llama.cpp's OpenAI-compatible server (`python -m llama_cpp.server`) for tests/test_teachers_llamacpp_server.py
+    # and local teachers; llama-cpp-python builds llama.cpp from source (cmake, a C++ compiler; flags in .ci/run).
+    "server": ["llama-cpp-python[server]==0.3.36", "uvicorn==0.54.0", "fastapi==0.165.0", "sse-starlette==3.7.0",
+               "starlette-context==0.3.6", "pydantic-settings==2.16.3", "starlette==1.10.0", "diskcache==5.6.3"],
 }
 
 setup(
