@@ -39,6 +39,10 @@ EXTRAS = {
     "cuda": ["jax-cuda12-plugin[with-cuda]==0.10.2", "jax-cuda12-pjrt==0.10.2"],
     # Cloud TPU VMs: libtpu matching jax==0.10.2, as launch/tpu.py installs it.
     "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],
+    # llama.cpp's OpenAI-compatible server (`python -m llama_cpp.server`) for tests/test_teachers_llamacpp_server.py
+    # and local teachers; llama-cpp-python builds llama.cpp from source (cmake, a C++ compiler; flags in .ci/run).
+    "server": ["llama-cpp-python[server]==0.3.36", "uvicorn==0.54.0", "fastapi==0.165.0", "sse-starlette==3.7.0",
+               "starlette-context==0.3.6", "pydantic-settings==2.16.3", "starlette==1.10.0", "diskcache==5.6.3"],
 }
 
 setup(

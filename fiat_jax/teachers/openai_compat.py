@@ -5,9 +5,10 @@
   exception, no log line and no ``config.gin``; any server text we quote has it masked.
 - ``check()`` (called before any work): server reachable, key accepted, model listed by ``GET /v1/models``.
 - Requests run on a thread pool (``concurrency``), each with a timeout, retried with exponential backoff and full
-  jitter on 429, 5xx, connection errors, timeouts and malformed JSON, honouring ``Retry-After``. A prompt that
-  still fails comes back as a :class:`~fiat_jax.teachers.base.Failure` from ``generate_stream`` (``generate``
-  raises :class:`~fiat_jax.teachers.base.TeacherError`).
+  jitter on 429, 5xx (but not one that calls the request unsupported), connection errors, timeouts and
+  malformed JSON, honouring ``Retry-After``. A prompt that still fails comes back as a
+  :class:`~fiat_jax.teachers.base.Failure` from ``generate_stream`` (``generate`` raises
+  :class:`~fiat_jax.teachers.base.TeacherError`).
 - ``score()`` uses ``POST /v1/completions`` with ``echo`` and ``logprobs`` (vLLM supports it; many servers do
   not: they get a clear UserError). It scores the raw prompt text, without the chat template.
 """
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -45,7 +47,16 @@ class _Retryable(Exception):
 
 
 class _Fatal(Exception):
-    """A failure of this prompt that retrying will not fix (e.g. 400 Bad Request)."""
+    """A failure of this prompt that retrying will not fix (e.g. 400 Bad Request); ``attempts``: requests made."""
+
+    def __init__(self, reason: str, attempts: int = 1):
+        super().__init__(reason)
+        self.attempts = attempts
+
+
+# A server error that names the request as unsupported (llama.cpp's server answers HTTP 500 "logprobs is not
+# supported for models created with logits_all=False"): the same request fails the same way, so never retried.
+_UNSUPPORTED = re.compile(r"not supported|unsupported|not implemented", re.IGNORECASE)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -173,6 +184,8 @@ class OpenAICompatTeacher:
                             f"(HTTP {status})" if self.api_key_env else
                             f"openai_compat: {self.base_url} wants an API key (HTTP {status}); bind "
                             f"openai_compat_teacher.api_key_env to the name of the variable holding it")
+        if status >= 500 and _UNSUPPORTED.search(resp.text or ""):
+            raise _Fatal(f"HTTP {status}: {self._mask(resp.text)}")
         if status in RETRY_STATUS:
             wait = parse_retry_after(resp.headers.get("retry-after"))
             raise _Retryable(f"HTTP {status}", None if wait is None else min(wait, self.max_retry_after_s))
@@ -193,6 +206,8 @@ class OpenAICompatTeacher:
         for attempt in range(self.max_retries + 1):
             try:
                 return parse(self._send(method, path, body)), attempt + 1
+            except _Fatal as err:
+                raise _Fatal(str(err), attempts=attempt + 1) from None
             except _Retryable as err:
                 last = err.reason
                 if attempt == self.max_retries:
@@ -205,7 +220,7 @@ class OpenAICompatTeacher:
                                               rng=self._rng)
                 _log.debug("%s: %s; retry %d in %.2f s", self.identity, last, attempt + 1, delay)
                 time.sleep(delay)
-        raise _Fatal(f"{last} (gave up after {self.max_retries + 1} attempts)")
+        raise _Fatal(f"{last} (gave up after {self.max_retries + 1} attempts)", attempts=self.max_retries + 1)
 
     # ---- pre-flight --------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -266,7 +281,7 @@ class OpenAICompatTeacher:
             text, _ = self._with_retries("POST", "/chat/completions",
                                          self._chat_body(prompt, max_new_tokens, temperature, stop), self._chat_text)
         except _Fatal as err:
-            return base.Failure(str(err), attempts=self.max_retries + 1)
+            return base.Failure(str(err), attempts=err.attempts)
         return base.cut_at_stop(text, stop)
 
     def generate_stream(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
