@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from fiat_jax import gin_utils, partitioning
+from fiat_jax import compile_cache, gin_utils, partitioning
 from fiat_jax.errors import UserError
 from fiat_jax.train import checkpoints as ckpt_lib
 from fiat_jax.train import input_pipeline, optimizers, train_step
@@ -130,6 +130,8 @@ def train(*,
     metrics logged under ``eval/`` every ``eval_every_steps`` (and usable as ``best_metric``). Raises
     :class:`TrainingDivergedError` on a NaN/inf loss, naming the step.
     """
+    compile_cache.ensure_configured()
+    compiles_at_start, wall_start = compile_cache.CompileStats.start(), time.perf_counter()
     if not jax.distributed.is_initialized():
         partitioning.initialize_distributed()  # a no-op on one host
     if register_tasks is not None:
@@ -305,7 +307,9 @@ def train(*,
                         if last_eval is None or last_eval[0] != step:
                             run_eval()
                         _write_results(model_dir, last_eval[1], tokens_seen=step * (tokens_per_step or 0),
-                                       params_trained=n_trainable, task=mixture_or_task_name, steps=step)
+                                       params_trained=n_trainable, task=mixture_or_task_name, steps=step,
+                                       compile=compile_cache.CompileStats.since(compiles_at_start).metrics(
+                                           time.perf_counter() - wall_start, prefix=""))
                 progress.close()
         finally:
             if prefetcher is not None:
@@ -314,6 +318,10 @@ def train(*,
             writer.close()
         gin_utils.write_operative_config(model_dir)
         final_model = nnx.merge(graphdef, params, frozen)
+    compiles = compile_cache.CompileStats.since(compiles_at_start)
+    result_metrics.update(compiles.metrics(time.perf_counter() - wall_start))
+    _log.info("compiles: %d (%d loaded from the persistent cache), %.1f s", compiles.compiles,
+              compiles.cache_hits, compiles.compile_s)
     return TrainResult(step=step, metrics=result_metrics, model=final_model, preempted=preempted)
 
 
