@@ -315,13 +315,15 @@ def train(*,
             if prefetcher is not None:
                 prefetcher.close()
             ckpts.close()
+            compiles = compile_cache.CompileStats.since(compiles_at_start)
+            compile_metrics = compiles.metrics(time.perf_counter() - wall_start)
+            result_metrics.update(compile_metrics)
+            writer.write(step, compile_metrics, split="compile")
+            _log.info("compiles: %d (%d more loaded from the persistent cache), %.1f s", compiles.compiles,
+                      compiles.cache_hits, compiles.compile_s)
             writer.close()
         gin_utils.write_operative_config(model_dir)
         final_model = nnx.merge(graphdef, params, frozen)
-    compiles = compile_cache.CompileStats.since(compiles_at_start)
-    result_metrics.update(compiles.metrics(time.perf_counter() - wall_start))
-    _log.info("compiles: %d (%d loaded from the persistent cache), %.1f s", compiles.compiles,
-              compiles.cache_hits, compiles.compile_s)
     return TrainResult(step=step, metrics=result_metrics, model=final_model, preempted=preempted)
 
 
