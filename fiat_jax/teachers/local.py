@@ -64,12 +64,13 @@ def plan_batches(lengths: Sequence[int], *, new_tokens: int, batch_size: int, ba
     from fiat_jax.models.decoding import bucket_size
 
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    cap = _pow2_floor(batch_size)
+    # never more rows than the whole call needs (a call of 12 prompts gets one batch of 16 rows, not 32)
+    cap = min(_pow2_floor(batch_size), bucket_size(len(lengths), minimum=1))
     batches: list[tuple[list[int], int]] = []
     start = 0
     while start < len(order):
         if batch_tokens is None:
-            rows = batch_size
+            rows = cap
         else:
             per_row = bucket_size(lengths[order[start]]) + new_tokens
             rows = min(cap, _pow2_floor(max(1, batch_tokens // per_row)))
