@@ -120,9 +120,7 @@ def _run(args: argparse.Namespace, command: Command, gin_bindings: list[str]) ->
     """Import the subcommand, parse its gin config and call it (the heavy part: TensorFlow, seqio, JAX)."""
     import gin
 
-    from fiat_jax import gin_utils
-
-    from fiat_jax import compile_cache
+    from fiat_jax import compile_cache, gin_utils
 
     entry = _load(args.command, command)
     kwargs = {k: v for k, v in vars(args).items()
