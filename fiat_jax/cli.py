@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from fiat_jax import native_logs
 from fiat_jax.errors import UserError
 
 
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
             p.add_argument("--gin_search_paths", action="append", default=[],
                            help="comma-separated directories to search for gin files")
+            p.add_argument("--compile_cache", default=None, metavar="DIR|off",
+                           help="JAX persistent compilation cache directory, or 'off' "
+                                "(default ~/.cache/fiat_jax/jax_cache, or $FIAT_JAX_COMPILE_CACHE)")
         if command.add_arguments:
             command.add_arguments(p)
     return parser
@@ -123,13 +127,40 @@ def _configure_logging(verbose: bool) -> None:
     logging.getLogger("fiat_jax").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def _run(args: argparse.Namespace, command: Command, gin_bindings: list[str]) -> None:
+    """Import the subcommand, parse its gin config and call it (the heavy part: TensorFlow, seqio, JAX)."""
+    import gin
+
+    from fiat_jax import compile_cache, gin_utils
+
+    entry = _load(args.command, command)
+    kwargs = {k: v for k, v in vars(args).items()
+              if k not in ("command", "verbose", "gin_file", "gin_search_paths", "compile_cache") and v is not None}
+    if command.uses_gin:
+        gin_utils.parse_gin(gin_files=args.gin_file, bindings=gin_bindings,
+                            gin_search_paths=args.gin_search_paths)
+        if args.compile_cache is not None:  # the flag wins over gin and the environment, also in child processes
+            os.environ[compile_cache.ENV_VAR] = args.compile_cache
+            compile_cache.configure(cache_dir=args.compile_cache)
+        else:
+            compile_cache.configure()
+    try:
+        # The config is final (no binding changes), but modules imported lazily during the run (a model
+        # family, a teacher backend) still register their configurables: t5x imports them all up front.
+        with gin.unlock_config():
+            entry(**kwargs)
+    except TypeError as err:
+        if "No values supplied by Gin or caller" not in str(err):
+            raise
+        raise UserError(f"fiat {args.command}: a required gin binding is missing: "
+                        f"{gin_utils._error_line(err)}") from err
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     parser = build_parser()
     try:
-        import gin
-
         from fiat_jax import gin_utils
 
         gin_bindings, rest = gin_utils.split_gin_flags(argv)
@@ -140,23 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = COMMANDS[args.command]
         if gin_bindings and not command.uses_gin:
             raise UserError(f"fiat {args.command} takes no --gin.* flags")
+        if command.uses_gin:  # before any heavy import: a wrong file name or flag fails in well under a second
+            gin_utils.check_gin_inputs(gin_files=args.gin_file, bindings=gin_bindings,
+                                       gin_search_paths=args.gin_search_paths)
         _configure_logging(verbose)
-        entry = _load(args.command, command)
-        kwargs = {k: v for k, v in vars(args).items()
-                  if k not in ("command", "verbose", "gin_file", "gin_search_paths") and v is not None}
-        if command.uses_gin:
-            gin_utils.parse_gin(gin_files=args.gin_file, bindings=gin_bindings,
-                                gin_search_paths=args.gin_search_paths)
-        try:
-            # The config is final (no binding changes), but modules imported lazily during the run (a model
-            # family, a teacher backend) still register their configurables: t5x imports them all up front.
-            with gin.unlock_config():
-                entry(**kwargs)
-        except TypeError as err:
-            if "No values supplied by Gin or caller" not in str(err):
-                raise
-            raise UserError(f"fiat {args.command}: a required gin binding is missing: "
-                            f"{gin_utils._error_line(err)}") from err
+        with native_logs.filter_native_logs(enabled=not verbose):
+            _run(args, command, gin_bindings)
         return 0
     except NotAvailable as err:
         print(str(err), file=sys.stderr)

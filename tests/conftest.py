@@ -20,6 +20,8 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "--xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The suite's programs go to one shared test cache (as test_train_helpers.JAX_CACHE_ENV), not the user's.
+os.environ.setdefault("FIAT_JAX_COMPILE_CACHE", os.environ.get("FIAT_TEST_JAX_CACHE", "/tmp/fiat_jax_test_jax_cache"))
 
 import pathlib  # noqa: E402
 

@@ -172,3 +172,31 @@ def test_evaluate_model_predictions_identical_with_and_without_cache(kind, tmp_p
     assert len(rows["fast"]) == 12 and set(rows["fast"][0]) == {"input", "target", "prediction", "score"}
     for a, b in zip(rows["fast"], rows["slow"]):
         assert a["prediction"] == b["prediction"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
+
+
+def test_prompt_buckets_pad_short_batches_less_and_only_when_worth_a_compile():
+    # 97 = start token + 96 inputs: the sizes are 97, 56 (half, multiple of 8) and 32 (quarter)
+    longest = [97, 90, 60, 50, 50, 40, 30, 20, 12, 10, 9, 9]
+    assert evaluator.prompt_buckets(longest, max_prompt_len=97, min_batches_per_shape=1) == \
+        [97, 97, 97, 56, 56, 56, 32, 32, 32, 32, 32, 32]
+    assert evaluator.prompt_buckets(longest, max_prompt_len=97, min_batches_per_shape=4) == \
+        [97, 97, 97, 97, 97, 97, 32, 32, 32, 32, 32, 32]  # three batches of 56 would not pay their compile
+    assert evaluator.prompt_buckets([97, 20], max_prompt_len=97) == [97, 97]  # a small eval: one program
+    assert evaluator.prompt_buckets([5, 3], max_prompt_len=8, min_batches_per_shape=1) == [8, 8]
+
+
+def test_sorted_predictions_equal_the_unsorted_ones():
+    """Prompts of many lengths, through the sorted / bucketed path and through one fixed shape per batch."""
+    model = _decoder()
+    rng = np.random.default_rng(5)
+    examples = [(rng.integers(2, V, size=int(k)).tolist() + [1], [7, 1]) for k in rng.integers(1, 30, size=40)]
+    feats = prefix_lm_batch(examples, inputs_len=30, targets_len=4, batch=len(examples))
+
+    class _Dataset:  # the enumerated seqio eval dataset's interface
+        def as_numpy_iterator(self):
+            return iter([(i, {k: v[i] for k, v in feats.items()}) for i in range(len(examples))])
+
+    runner = evaluator.ModelRunner(model, batch_size=4, max_decode_len=4, max_prompt_len=31)
+    sorted_out = runner._predict_sorted(_Dataset(), eos_id=1)
+    plain = runner._run(_Dataset(), runner._predict_rows, eos_id=1)
+    assert sorted_out == plain and len(plain) == len(examples)

@@ -71,3 +71,32 @@ def test_smollm2_greedy_outputs_are_fixed():
     paris, london = teacher.score("What is the capital of France?", ["The capital of France is Paris.",
                                                                      "The capital of France is London."])
     assert paris > london
+
+
+def test_plan_batches_follows_the_token_budget_and_covers_every_prompt():
+    from fiat_jax.teachers.local import plan_batches
+
+    lengths = [5, 200, 7, 90, 130, 6, 250, 8, 9, 60, 3]
+    plan = plan_batches(lengths, new_tokens=64, batch_size=8, batch_tokens=1024, seed=0)
+    assert sorted(i for idx, _ in plan for i in idx) == list(range(len(lengths)))
+    for idx, rows in plan:
+        assert 1 <= len(idx) <= rows <= 8 and rows & (rows - 1) == 0  # a power of two, padded to when short
+        bucket = max(8, 1 << (max(lengths[i] for i in idx) - 1).bit_length())
+        assert rows * (bucket + 64) <= 1024 or rows == 1
+        # consecutive in length order: a batch's prompts are of similar length
+        assert max(lengths[i] for i in idx) == lengths[idx[0]]
+    # long prompts go few to a batch, short ones many
+    rows_of = {i: rows for idx, rows in plan for i in idx}
+    assert rows_of[6] < rows_of[10]
+    # the order is shuffled with the seed, the same for the same seed
+    assert plan == plan_batches(lengths, new_tokens=64, batch_size=8, batch_tokens=1024, seed=0)
+    fixed = plan_batches(lengths, new_tokens=64, batch_size=4, batch_tokens=None, seed=0)
+    assert all(rows == 4 for _, rows in fixed)
+
+
+def test_budgeted_batches_give_the_same_replies(tiny):
+    budgeted = _teacher(tiny, batch_size=8, batch_tokens=96)
+    single = _teacher(tiny, batch_size=1, batch_tokens=None)
+    prompts = ["a b c", "d", "e f g h i j k l m n o p q r s t", "u v", "w x y z a b c d e", "f"]
+    assert budgeted.generate(prompts, max_new_tokens=5) == single.generate(prompts, max_new_tokens=5)
+    assert budgeted.decode_s > 0 and budgeted.generated_tokens > 0

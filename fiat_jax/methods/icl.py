@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -15,6 +15,7 @@ import numpy as np
 
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
+from fiat_jax.teachers import base
 
 _log = logging.getLogger(__name__)
 
@@ -51,6 +52,14 @@ def first_line(text: str) -> str:
     return next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "")
 
 
+def _logged(task: str, replies: Iterator[tuple[int, Any]], total: int, every: int) -> Iterator[tuple[int, Any]]:
+    """Pass a teacher's stream through, logging progress every ``every`` replies."""
+    for n, reply in enumerate(replies, 1):
+        if n % every == 0 or n == total:
+            _log.info("ICL %s: %d/%d", task, n, total)
+        yield reply
+
+
 @gin.configurable
 def icl_method(*, model_dir: str, mixture_or_task_name: str, teacher: Any = None, k: int = 4,
                instruction: str = "Answer the question.", num_eval_examples: int | None = None,
@@ -70,12 +79,11 @@ def icl_method(*, model_dir: str, mixture_or_task_name: str, teacher: Any = None
         prompts = [icl_prompt(ex, shots, instruction=instruction) for ex in examples]
         fns, _ = common.metric_spec(task)
         wants_scores = any("scores" in inspect.signature(f).parameters for f in fns)
-        predictions: list[str] = []
-        for start in range(0, len(prompts), batch_size):
-            outs = teacher.generate(prompts[start:start + batch_size], max_new_tokens=max_new_tokens,
-                                    temperature=0.0, stop=("\n\n", "\nInput:"))
-            predictions += [first_line(o) for o in outs]
-            _log.info("ICL %s: %d/%d", task, min(start + batch_size, len(prompts)), len(prompts))
+        # One stream over the whole split: the teacher plans its own batches (one shape for a small split).
+        predictions = [first_line(o) for o in base.collect(
+            _logged(task, base.stream(teacher, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
+                                      stop=("\n\n", "\nInput:"), chunk_size=batch_size), len(prompts), batch_size),
+            len(prompts), what=str(getattr(teacher, "identity", type(teacher).__name__)))]
         scores = [teacher.score(p, [" " + str(ex["targets"])])[0] for p, ex in zip(prompts, examples)] \
             if wants_scores else None
         metrics[task] = common.compute_metrics(task, examples, predictions=predictions, scores=scores)

@@ -21,7 +21,7 @@ import functools
 import json
 import logging
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -108,9 +108,12 @@ def _make_fns(graphdef: nnx.GraphDef, *, model_kind: str, max_decode_len: int) -
     return (predict_encdec if model_kind == "encoder_decoder" else predict_decoder), score
 
 
-def _batches(ds: Any, batch_size: int) -> Any:
-    """Enumerated seqio eval dataset -> (indices, padded numpy feature batch, real rows)."""
+def _batches(ds: Any, batch_size: int, *, sort_key: Callable[[Mapping[str, np.ndarray]], int] | None = None) -> Any:
+    """Enumerated seqio eval dataset -> (indices, padded numpy feature batch, real rows); ``sort_key``: rows
+    sorted by it, largest first (prompts of similar length share a batch)."""
     rows = list(ds.as_numpy_iterator())
+    if sort_key is not None:
+        rows.sort(key=lambda row: (-sort_key(row[1]), int(row[0])))
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         indices = [int(i) for i, _ in chunk]
@@ -130,6 +133,30 @@ def has_kv_cache(model: nnx.Module) -> bool:
     needed = ("init_cache", "encode", "decode") if getattr(model, "model_kind", "decoder") == "encoder_decoder" \
         else ("init_cache",)
     return all(callable(getattr(inner, name, None)) for name in needed)
+
+
+def prompt_length(ex: Mapping[str, np.ndarray], *, model_kind: str) -> int:
+    """The prompt length of one converted example, as :func:`prompt_rows` cuts it."""
+    if model_kind == "encoder_decoder":
+        row = np.asarray(ex["encoder_input_tokens"])
+        return int(np.flatnonzero(row)[-1]) + 1 if np.any(row) else 1
+    return max(1, int(np.asarray(ex.get("decoder_causal_attention", np.ones(1))).sum()))
+
+
+def prompt_buckets(batch_longest: Sequence[int], *, max_prompt_len: int, min_batches_per_shape: int = 4) -> list[int]:
+    """Padded prompt length of each batch, given its longest prompt (batches sorted longest first):
+    ``max_prompt_len``, or a half / quarter of it (a multiple of 8) when the batch fits and enough batches share
+    that shape to pay for its compilation (``min_batches_per_shape``: a small eval compiles one program)."""
+    sizes = sorted({max_prompt_len} | {-(-max_prompt_len // (8 * d)) * 8 for d in (2, 4)
+                                       if -(-max_prompt_len // (8 * d)) * 8 < max_prompt_len})
+    chosen = [next((s for s in sizes if s >= n), max(n, max_prompt_len)) for n in batch_longest]
+    for size in sizes[:-1]:  # from the smallest: a shape too few batches use moves up to the next one
+        users = [b for b, c in enumerate(chosen) if c == size]
+        if len(users) < min_batches_per_shape:
+            larger = sizes[sizes.index(size) + 1]
+            for b in users:
+                chosen[b] = larger
+    return chosen
 
 
 def prompt_rows(feats: Mapping[str, np.ndarray], *, model_kind: str, n: int) -> list[list[int]]:
@@ -166,7 +193,21 @@ class ModelRunner:
     def predictions(self, ds: Any, *, eos_id: int = EOS_ID) -> dict[int, list[int]]:
         """Greedy tokens by example index (``max_decode_len`` each: EOS included, 0 after it); computed once per
         dataset object."""
-        return self._memoised("predictions", ds, lambda: self._run(ds, self._predict_rows, eos_id=eos_id))
+        return self._memoised("predictions", ds, lambda: self._predict_sorted(ds, eos_id=eos_id))
+
+    def _predict_sorted(self, ds: Any, *, eos_id: int) -> dict[int, list[int]]:
+        """KV-cache decoding over prompts sorted by length, each batch padded to its prompt bucket
+        (:func:`prompt_buckets`): short prompts do not pay for the longest one's prefill."""
+        if not self.kv_cache or self.max_prompt_len <= 1:
+            return self._run(ds, self._predict_rows, eos_id=eos_id)
+        key = functools.partial(prompt_length, model_kind=self.kind)
+        batches = list(_batches(ds, self.batch_size, sort_key=key))
+        longest = [max(len(r) for r in prompt_rows(feats, model_kind=self.kind, n=n)) for _, feats, n in batches]
+        out: dict[int, list[int]] = {}
+        for (indices, feats, n), length in zip(batches, prompt_buckets(longest, max_prompt_len=self.max_prompt_len)):
+            for idx, value in zip(indices, self._predict_rows(feats, n, eos_id=eos_id, prompt_length=length)):
+                out[idx] = value
+        return out
 
     def scores(self, ds: Any) -> dict[int, float]:
         """Target log-likelihoods by example index; computed once per dataset object, and only when a metric
@@ -184,7 +225,8 @@ class ModelRunner:
             self._memo[key] = (ds, compute())  # ds is kept alive so its id stays unique
         return self._memo[key][1]
 
-    def predict_batch(self, feats: Mapping[str, np.ndarray], n: int, *, eos_id: int = EOS_ID) -> np.ndarray:
+    def predict_batch(self, feats: Mapping[str, np.ndarray], n: int, *, eos_id: int = EOS_ID,
+                      prompt_length: int | None = None) -> np.ndarray:
         """Greedy tokens ``[n, T]`` (``T`` = ``max_decode_len`` capped by the batch's target length) for the
         first ``n`` rows of a converted batch."""
         steps = min(self.max_decode_len, int(np.asarray(feats["decoder_target_tokens"]).shape[1]))
@@ -196,15 +238,17 @@ class ModelRunner:
         rows = prompt_rows(feats, model_kind=self.kind, n=n)
         result = decoding.generate(self.model, rows, max_new_tokens=steps, temperature=0.0, eos_id=eos_id,
                                    prefix_bidirectional=self.kind != "encoder_decoder",
-                                   min_batch=self.batch_size, min_prompt_length=self.max_prompt_len)
+                                   min_batch=self.batch_size, min_prompt_length=prompt_length or self.max_prompt_len)
         width = (int(np.asarray(feats["decoder_target_tokens"]).shape[1]) if self.kind == "encoder_decoder"
                  else self.max_decode_len)  # the fallback loop's output widths
         out = np.zeros((n, width), np.int32)
         out[:, :steps] = result.tokens
         return out
 
-    def _predict_rows(self, feats: Mapping[str, np.ndarray], n: int, *, eos_id: int = EOS_ID) -> list[list[int]]:
-        return [[int(t) for t in row] for row in self.predict_batch(feats, n, eos_id=eos_id)]
+    def _predict_rows(self, feats: Mapping[str, np.ndarray], n: int, *, eos_id: int = EOS_ID,
+                      prompt_length: int | None = None) -> list[list[int]]:
+        return [[int(t) for t in row] for row in self.predict_batch(feats, n, eos_id=eos_id,
+                                                                     prompt_length=prompt_length)]
 
     def _score_rows(self, feats: Mapping[str, np.ndarray], n: int) -> list[float]:
         batch = {k: jnp.asarray(v) for k, v in feats.items()}

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from fiat_jax import gin_utils, partitioning, run_dirs
+from fiat_jax import compile_cache, gin_utils, partitioning, run_dirs
 from fiat_jax.errors import UserError
 from fiat_jax.train import checkpoints as ckpt_lib
 from fiat_jax.train import input_pipeline, optimizers, train_step
@@ -173,6 +173,8 @@ def train(*,
                         f"{grad_accum_steps}")
     run_dirs.check_writable_dir(model_dir, what="MODEL_DIR")
     run_dirs.check_writable_dir(pathlib.Path(model_dir) / "checkpoints", what="checkpoint directory")
+    compile_cache.ensure_configured()
+    compiles_at_start, wall_start = compile_cache.CompileStats.start(), time.perf_counter()
     if not jax.distributed.is_initialized():
         partitioning.initialize_distributed()  # a no-op on one host
     if register_tasks is not None:
@@ -358,7 +360,9 @@ def train(*,
                         if last_eval is None or last_eval[0] != step:
                             run_eval()
                         _write_results(model_dir, last_eval[1], tokens_seen=step * (tokens_per_step or 0),
-                                       params_trained=n_trainable, task=mixture_or_task_name, steps=step)
+                                       params_trained=n_trainable, task=mixture_or_task_name, steps=step,
+                                       compile=compile_cache.CompileStats.since(compiles_at_start).metrics(
+                                           time.perf_counter() - wall_start, prefix=""))
         finally:
             if progress is not None:
                 progress.close()  # also on an error, so its message starts on a line of its own
@@ -369,6 +373,13 @@ def train(*,
             except ckpt_lib.CheckpointSaveError:
                 writer.truncate_after(ckpts.last_good_step() or 0)
                 raise
+            else:
+                compiles = compile_cache.CompileStats.since(compiles_at_start)
+                compile_metrics = compiles.metrics(time.perf_counter() - wall_start)
+                result_metrics.update(compile_metrics)
+                writer.write(step, compile_metrics, split="compile")
+                _log.info("compiles: %d (%d more loaded from the persistent cache), %.1f s", compiles.compiles,
+                          compiles.cache_hits, compiles.compile_s)
             finally:
                 writer.close()
         gin_utils.write_operative_config(model_dir)
