@@ -211,9 +211,10 @@ class EncoderDecoder(nnx.Module):
     def decode(self, decoder_input_tokens: Array, encoded: Array | None = None, *,
                encoder_valid: Array | None = None, encoder_segment_ids: Array | None = None,
                decoder_segment_ids: Array | None = None, cache: dict[str, Any] | None = None,
-               deterministic: bool = True) -> Array | tuple[Array, dict[str, Any]]:
+               deterministic: bool = True, head: bool = True) -> Array | tuple[Array, dict[str, Any]]:
         """Decoder logits ``[B, To, V]``; with ``cache`` (from ``init_cache``) the chunk is written at
-        ``cache["index"]`` and ``(logits, new_cache)`` is returned."""
+        ``cache["index"]`` and ``(logits, new_cache)`` is returned. ``head=False``: final hidden states
+        ``[B, To, D]`` instead (the loss applies :meth:`logits_from_hidden` only at its loss positions)."""
         c = self.config
         tokens = jnp.asarray(decoder_input_tokens)
         b, t = tokens.shape
@@ -251,31 +252,47 @@ class EncoderDecoder(nnx.Module):
             if cache is not None:
                 new_cache[f"layers_{i}"] = {**lc, **nc}
         x = dec.dropout(dec.decoder_norm(x), deterministic=deterministic)
+        out = self.logits_from_hidden(x, deterministic=deterministic) if head else x
+        if cache is None:
+            return out
+        new_cache.update(encoder_valid=cache["encoder_valid"], index=index + t)
+        return out, new_cache
+
+    def logits_from_hidden(self, x: Array, *, deterministic: bool = True) -> Array:
+        """The LM head (T5X's tied-logit rescale included) on decoder hidden states ``[..., D]`` -> ``[..., V]``;
+        ``deterministic`` is for PEFT wrappers (LoRA dropout on the head)."""
+        del deterministic
+        c = self.config
         if c.tie_embeddings:
             logits = self.token_embedder.attend(x)
             if c.tie_embeddings if c.scale_tied_logits is None else c.scale_tied_logits:
-                logits = logits / jnp.sqrt(jnp.asarray(c.d_model, x.dtype))
+                logits = logits / jnp.sqrt(jnp.asarray(c.d_model, logits.dtype))
         else:
-            logits = dec.logits_dense(x)
-        logits = constrain(logits, ("batch", "length", "vocab"))
-        if cache is None:
-            return logits
-        new_cache.update(encoder_valid=cache["encoder_valid"], index=index + t)
-        return logits, new_cache
+            logits = self.decoder.logits_dense(x)
+        if logits.ndim == 3:
+            logits = constrain(logits, ("batch", "length", "vocab"))
+        return logits
 
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, *,
                  encoder_segment_ids: Array | None = None, decoder_segment_ids: Array | None = None,
-                 prompt_embeddings: Array | None = None, deterministic: bool = True) -> Array:
+                 prompt_embeddings: Array | None = None, deterministic: bool = True, head: bool = True) -> Array:
         encoded, valid, enc_seg = self.encode(encoder_input_tokens, segment_ids=encoder_segment_ids,
                                               prompt_embeddings=prompt_embeddings, deterministic=deterministic)
         return self.decode(decoder_input_tokens, encoded, encoder_valid=valid, encoder_segment_ids=enc_seg,
-                           decoder_segment_ids=decoder_segment_ids, deterministic=deterministic)
+                           decoder_segment_ids=decoder_segment_ids, deterministic=deterministic, head=head)
 
     def logits_from_batch(self, batch: Mapping[str, Array], *, deterministic: bool = True,
                           prompt_embeddings: Array | None = None) -> Array:
         """Logits aligned with ``decoder_target_tokens`` (docs/CONTRACTS.md); the soft prompt goes before the
         encoder input."""
+        return self.logits_from_hidden(self.hidden_from_batch(batch, deterministic=deterministic,
+                                                              prompt_embeddings=prompt_embeddings),
+                                       deterministic=deterministic)
+
+    def hidden_from_batch(self, batch: Mapping[str, Array], *, deterministic: bool = True,
+                          prompt_embeddings: Array | None = None) -> Array:
+        """Decoder hidden states ``[B, To, D]``: ``logits_from_batch`` before the LM head."""
         return self(batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                     encoder_segment_ids=batch.get("encoder_segment_ids"),
                     decoder_segment_ids=batch.get("decoder_segment_ids"),
-                    prompt_embeddings=prompt_embeddings, deterministic=deterministic)
+                    prompt_embeddings=prompt_embeddings, deterministic=deterministic, head=False)
