@@ -61,12 +61,21 @@ def score_rows(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_le
 
 def train_on_rows(*, model_dir: str, name: str, train_rows: Sequence[Mapping[str, Any]], train_steps: int,
                   train_fn: Callable[..., Any] | None = None, validation_rows: Sequence[Mapping[str, Any]] = (),
-                  metric_fns: Sequence[Callable[..., Any]] = (), **train_kwargs: Any) -> Any:
-    """Register ``name`` over the rows and train on it with the trainer (``train_fn``, default ``train``)."""
+                  metric_fns: Sequence[Callable[..., Any]] = (), pack: bool | None = None,
+                  **train_kwargs: Any) -> Any:
+    """Register ``name`` over the rows and train on it with the trainer (``train_fn``, default ``train``).
+
+    ``pack``: several rows per sequence (segment-aware attention and positions). FIAT rows are long inputs of
+    very different lengths, so unpacked batches are mostly padding; None packs unless gin binds ``train.pack``.
+    """
+    from fiat_jax.methods.common import gin_bound
+
     if train_fn is None:
         from fiat_jax.train.trainer import train as train_fn
     # A hook left None is not passed: the trainer's own gin binding (train.model_transform, ...) applies.
     train_kwargs = {k: v for k, v in train_kwargs.items() if not (k in HOOKS and v is None)}
+    if pack is not None or not gin_bound("train.pack"):
+        train_kwargs["pack"] = True if pack is None else bool(pack)
     splits: dict[str, list[dict[str, Any]]] = {"train": [dict(r) for r in train_rows]}
     if validation_rows:
         splits["validation"] = [dict(r) for r in validation_rows]

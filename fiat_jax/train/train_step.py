@@ -58,6 +58,19 @@ class StepConfig:
     head_chunk_size: int | None = None
 
 
+def resolve_loss_positions(value: int | str | None, task_feature_lengths: Mapping[str, int]) -> int | None:
+    """``StepConfig.loss_positions_per_row`` from the trainer's setting: "auto" = the targets feature length (the
+    exact bound for unpacked rows; packed rows with more fall back to the full head), an int, or None."""
+    if value is None:
+        return None
+    if value == "auto":
+        length = task_feature_lengths.get("targets")
+        return int(length) if length else None
+    if isinstance(value, str) or int(value) < 1:
+        raise UserError(f"loss_positions_per_row must be 'auto', a positive int or None, not {value!r}")
+    return int(value)
+
+
 def make_step_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: StepConfig, *,
                  trainable: Any = nnx.Param) -> Callable[..., tuple[nnx.State, Any, jax.Array, Metrics]]:
     """The pure train step ``(params, opt_state, step, frozen, batch) -> (params, opt_state, step + 1, metrics)``.
