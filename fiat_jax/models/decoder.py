@@ -72,6 +72,11 @@ class DecoderConfig:
     embedding_init_std: float = 0.02
     dtype: str = "float32"
     param_dtype: str = "float32"
+    # Activation rematerialisation of each layer in training: "none", "full" or "save_dots" (layers.REMAT_POLICIES).
+    remat: str = "none"
+
+    def __post_init__(self):
+        layers.check_remat(self.remat)
 
 
 class DecoderLayer(nnx.Module):
@@ -175,9 +180,15 @@ class Decoder(nnx.Module):
                 positions = jnp.broadcast_to(slots, (b, t))
         new_cache: dict[str, Any] = {}
         for i in range(self.config.num_layers):
+            layer = getattr(self, f"layers_{i}")
+            if cache is None and not deterministic:  # training: the layer's remat policy
+                x, _ = layers.remat_call(self.config.remat, lambda m, x, mask, pos: m(
+                    x, mask=mask, positions=pos, cache=None, cache_index=None, deterministic=False),
+                    layer, x, mask, positions)
+                continue
             layer_cache = None if cache is None else cache[f"layers_{i}"]
-            x, lc = getattr(self, f"layers_{i}")(x, mask=mask, positions=positions, cache=layer_cache,
-                                                 cache_index=index, deterministic=deterministic)
+            x, lc = layer(x, mask=mask, positions=positions, cache=layer_cache, cache_index=index,
+                          deterministic=deterministic)
             if cache is not None:
                 new_cache[f"layers_{i}"] = lc
         x = self.decoder_norm(x)

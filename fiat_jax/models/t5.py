@@ -65,6 +65,11 @@ class T5Config:
     dropout_rate: float = 0.0
     dtype: str = "float32"
     param_dtype: str = "float32"
+    # Activation rematerialisation of each layer in training: "none", "full" or "save_dots" (layers.REMAT_POLICIES).
+    remat: str = "none"
+
+    def __post_init__(self):
+        layers.check_remat(self.remat)
 
 
 def _kw(cfg: T5Config, rngs: nnx.Rngs) -> dict[str, Any]:
@@ -122,6 +127,7 @@ class DecoderLayer(nnx.Module):
 class Encoder(nnx.Module):
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
         self.num_layers = cfg.num_encoder_layers
+        self.remat = cfg.remat
         self.relpos_bias = layers.RelativePositionBiases(
             num_buckets=cfg.relative_attention_num_buckets, max_distance=cfg.relative_attention_max_distance,
             num_heads=cfg.num_heads, bidirectional=True, **_kw(cfg, rngs))
@@ -134,8 +140,11 @@ class Encoder(nnx.Module):
         t = x.shape[1]
         bias = self.relpos_bias(jnp.arange(t), jnp.arange(t))
         x = self.dropout(x, deterministic=deterministic)
+        remat = "none" if deterministic else self.remat
         for i in range(self.num_layers):
-            x = getattr(self, f"layers_{i}")(x, mask=mask, bias=bias, deterministic=deterministic)
+            x = layers.remat_call(remat, lambda m, x, mask, bias: m(x, mask=mask, bias=bias,
+                                                                    deterministic=deterministic),
+                                  getattr(self, f"layers_{i}"), x, mask, bias)
         return self.dropout(self.encoder_norm(x), deterministic=deterministic)
 
 
@@ -246,9 +255,14 @@ class EncoderDecoder(nnx.Module):
             lc = None if cache is None else cache[f"layers_{i}"]
             cross_kv = None if lc is None else (lc["cross_k"], lc["cross_v"])
             self_cache = None if lc is None else {"k": lc["k"], "v": lc["v"]}
-            x, nc = getattr(dec, f"layers_{i}")(x, encoded, self_mask=self_mask, bias=bias, cross_mask=cross_mask,
-                                                cross_kv=cross_kv, cache=self_cache, cache_index=index,
-                                                deterministic=deterministic)
+            if cache is None and not deterministic:  # training: the layer's remat policy
+                x, nc = layers.remat_call(c.remat, lambda m, x, enc, sm, b, cm: m(
+                    x, enc, self_mask=sm, bias=b, cross_mask=cm, cross_kv=None, cache=None, cache_index=None,
+                    deterministic=False), getattr(dec, f"layers_{i}"), x, encoded, self_mask, bias, cross_mask)
+            else:
+                x, nc = getattr(dec, f"layers_{i}")(x, encoded, self_mask=self_mask, bias=bias,
+                                                    cross_mask=cross_mask, cross_kv=cross_kv, cache=self_cache,
+                                                    cache_index=index, deterministic=deterministic)
             if cache is not None:
                 new_cache[f"layers_{i}"] = {**lc, **nc}
         x = dec.dropout(dec.decoder_norm(x), deterministic=deterministic)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array, *,
@@ -56,6 +57,13 @@ def loss_positions(weights: jax.Array, max_positions: int) -> tuple[jax.Array, j
     (idx,) = jnp.nonzero(flat, size=max_positions, fill_value=0)
     valid = jnp.arange(max_positions) < count
     return idx, valid, count
+
+
+def position_bucket(weights: np.ndarray) -> int:
+    """A static ``max_positions`` for a host batch: its loss-position count rounded up to a power of two (at least
+    8), so scoring batches of varied targets compile a handful of programs."""
+    count = int(np.count_nonzero(np.asarray(weights)))
+    return max(8, 1 << max(count - 1, 0).bit_length())
 
 
 def _gather_rows(x: jax.Array, idx: jax.Array) -> jax.Array:
