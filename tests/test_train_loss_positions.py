@@ -93,3 +93,15 @@ def test_scoring_head_at_loss_positions_matches_full_log_likelihood(cfg):
         got = losses.head_token_log_likelihoods(hidden, model.logits_from_hidden, batch["decoder_target_tokens"],
                                                 batch["decoder_loss_weights"], max_positions=n)
         np.testing.assert_allclose(np.asarray(got), want, rtol=RTOL, atol=1e-5)
+
+
+def test_resolve_loss_positions():
+    from fiat_jax.errors import UserError
+
+    assert train_step.resolve_loss_positions("auto", {"inputs": 512, "targets": 16}) == 16
+    assert train_step.resolve_loss_positions("auto", {"inputs": 512}) is None
+    assert train_step.resolve_loss_positions(None, {"targets": 4}) is None
+    assert train_step.resolve_loss_positions(3, {"targets": 4}) == 3
+    with pytest.raises(UserError, match="loss_positions_per_row"):
+        train_step.resolve_loss_positions("many", {"targets": 4})
+    assert losses.position_bucket(np.ones((2, 3))) == 8 and losses.position_bucket(np.ones((3, 4))) == 16
