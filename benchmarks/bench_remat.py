@@ -21,9 +21,9 @@ from benchmarks.common import TUNED_ENV, BenchResult
 CONFIGS = (("full", "none"), ("lora", "none"), ("lora", "full"), ("lora", "save_dots"))
 
 
-def measure(mode: str, remat: str, seq_len: int) -> dict | None:
+def measure(mode: str, remat: str, seq_len: int, steps: int = 1) -> dict | None:
     env = dict(os.environ, **TUNED_ENV, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "peers" / "fiat_step.py"), "--mode", mode, "--steps", "1",
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "peers" / "fiat_step.py"), "--mode", mode, "--steps", str(steps),
            "--seq_len", str(seq_len), "--remat", remat]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -33,11 +33,12 @@ def measure(mode: str, remat: str, seq_len: int) -> dict | None:
     return json.loads(line[len("RESULT "):])
 
 
-def run(*, quick: bool = False) -> list[BenchResult]:
+def run(*, quick: bool = False, memory_only: bool = False,
+        configs: tuple[tuple[str, str], ...] = CONFIGS) -> list[BenchResult]:
     seq_len = 64 if quick else 256
     measured = {}
-    for mode, remat in CONFIGS:
-        r = measure(mode, remat, seq_len)
+    for mode, remat in configs:
+        r = measure(mode, remat, seq_len, steps=0 if memory_only else 1)
         if r is None:
             continue
         measured[(mode, remat)] = r
@@ -67,5 +68,7 @@ def run(*, quick: bool = False) -> list[BenchResult]:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    for res in run(quick="--quick" in sys.argv):
+    only_lora_full = "--lora_full_only" in sys.argv  # the shortest check: full step vs LoRA remat=full
+    for res in run(quick="--quick" in sys.argv, memory_only="--memory_only" in sys.argv,
+                   configs=(("full", "none"), ("lora", "full")) if only_lora_full else CONFIGS):
         print(f"{res.name}: {res.value:.3g} {res.unit} {res.detail}")

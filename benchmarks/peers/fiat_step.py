@@ -83,6 +83,8 @@ def train_step_seconds(model, batch, *, trainable, steps: int) -> tuple[list[flo
             MEMORY.update(temp_mb=memory.temp_size_in_bytes / 2**20,
                           peak_mb=(memory.temp_size_in_bytes + memory.argument_size_in_bytes
                                    + memory.output_size_in_bytes - memory.alias_size_in_bytes) / 2**20)
+        if steps == 0:  # memory only (bench_remat --memory_only): XLA's account needs no step to run
+            return [float("nan")], float("nan"), int(sum(x.size for x in jax.tree.leaves(args[0])))
         args[0], args[1], args[2], metrics = step_fn(*args)  # warm-up
         jax.block_until_ready(metrics["loss"])
         times = []
