@@ -2,7 +2,7 @@
 
 SmolLM2-135M shape, random init, fp32, batch 8 x seq_len, LoRA r=8 alpha=16 on q/k/v/o (attention query, key,
 value and out kernels), adamw; the same CLI and RESULT line as the other peer scripts:
-python benchmarks/peers/fiat_step.py --mode lora|full [--steps 3] [--seq_len 256]
+python benchmarks/peers/fiat_step.py --mode lora|full [--steps 3] [--seq_len 256] [--remat none|full|save_dots]
 
 Exits with status 3 and a one-line reason on stderr (no RESULT line) when ``--mode lora`` is asked for and
 ``fiat_jax.peft`` has not landed, so the driver reports the peer as missing instead of a made-up figure.
@@ -20,18 +20,20 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from benchmarks.peers.common import (  # noqa: E402
     BATCH, LORA_ALPHA, LORA_RANK, SEQ_LEN, SMOLLM2_135M, emit)
 
+MEMORY: dict[str, float] = {}  # filled by train_step_seconds: XLA's buffer sizes of the compiled step
+
 # fiat_jax's parameter names for the peers' q_proj/k_proj/v_proj/o_proj (docs/CONTRACTS.md).
 LORA_TARGET_REGEX = r".*attention/(query|key|value|out)/kernel"
 
 
-def decoder_config():
+def decoder_config(remat: str = "none"):
     from fiat_jax.models.decoder import DecoderConfig
 
     s = SMOLLM2_135M
     return DecoderConfig(vocab_size=s["vocab_size"], d_model=s["d_model"], num_layers=s["n_layers"],
                          num_heads=s["n_heads"], num_kv_heads=s["n_kv_heads"], head_dim=s["head_dim"],
                          mlp_dim=s["mlp_dim"], rope_theta=s["rope_theta"], norm_eps=s["rms_norm_eps"],
-                         tie_embeddings=s["tie_embeddings"])
+                         tie_embeddings=s["tie_embeddings"], remat=remat)
 
 
 def apply_lora(model):
@@ -75,12 +77,20 @@ def train_step_seconds(model, batch, *, trainable, steps: int) -> tuple[list[flo
 
     compiled, mesh, args = compiled_step(model, batch, trainable=trainable)
     with jax.set_mesh(mesh):
-        args[0], args[1], args[2], metrics = compiled.fn(*args)  # compile + warm
+        step_fn = compiled.fn.lower(*args).compile()
+        memory = step_fn.memory_analysis()
+        if memory is not None:  # XLA's own account of the step's buffers (activations are the temporaries)
+            MEMORY.update(temp_mb=memory.temp_size_in_bytes / 2**20,
+                          peak_mb=(memory.temp_size_in_bytes + memory.argument_size_in_bytes
+                                   + memory.output_size_in_bytes - memory.alias_size_in_bytes) / 2**20)
+        if steps == 0:  # memory only (bench_remat --memory_only): XLA's account needs no step to run
+            return [float("nan")], float("nan"), int(sum(x.size for x in jax.tree.leaves(args[0])))
+        args[0], args[1], args[2], metrics = step_fn(*args)  # warm-up
         jax.block_until_ready(metrics["loss"])
         times = []
         for _ in range(steps):
             start = time.perf_counter()
-            args[0], args[1], args[2], metrics = compiled.fn(*args)
+            args[0], args[1], args[2], metrics = step_fn(*args)
             jax.block_until_ready(metrics["loss"])
             times.append(time.perf_counter() - start)
     return times, float(metrics["loss"]), int(sum(x.size for x in jax.tree.leaves(args[0])))
@@ -91,6 +101,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=["lora", "full"], required=True)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--seq_len", type=int, default=SEQ_LEN)
+    parser.add_argument("--remat", default="none", help="activation remat per layer: none, full, save_dots")
     args = parser.parse_args()
 
     import numpy as np
@@ -98,7 +109,7 @@ def main() -> None:
 
     from fiat_jax.models import build_model
 
-    model = build_model(config=decoder_config(), seed=0)
+    model = build_model(config=decoder_config(args.remat), seed=0)
     trainable = nnx.Param
     if args.mode == "lora":
         try:
@@ -112,7 +123,7 @@ def main() -> None:
              "decoder_loss_weights": np.ones((b, t), np.int32)}
     times, loss, trainable_count = train_step_seconds(model, batch, trainable=trainable, steps=args.steps)
     emit(peer="fiat_jax", mode=args.mode, step_s=sorted(times)[len(times) // 2], min_s=min(times),
-         max_s=max(times), trainable=trainable_count, loss=loss / (b * t))
+         max_s=max(times), trainable=trainable_count, loss=loss / (b * t), remat=args.remat, **MEMORY)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ log-likelihood, and evaluate rows with a task's metrics (predictions written lik
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +28,7 @@ def score_rows(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_le
     import jax.numpy as jnp
     from flax import nnx
 
-    from fiat_jax.train import input_pipeline
+    from fiat_jax.train import input_pipeline, losses
 
     if not rows:
         return []
@@ -40,13 +41,17 @@ def score_rows(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_le
     feats = list(ds.as_numpy_iterator())
     graphdef, state = nnx.split(model)
 
-    @jax.jit
-    def score(state, batch):
-        logits = nnx.merge(graphdef, state).logits_from_batch(batch, deterministic=True).astype(jnp.float32)
-        lp = jax.nn.log_softmax(logits, axis=-1)
-        tgt = batch["decoder_target_tokens"]
-        tok = jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0]
-        return jnp.sum(tok * batch["decoder_loss_weights"], axis=-1)
+    @functools.partial(jax.jit, static_argnames="max_positions")
+    def score(state, batch, max_positions):
+        m = nnx.merge(graphdef, state)
+        tgt, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+        if not hasattr(m, "hidden_from_batch"):
+            logits = m.logits_from_batch(batch, deterministic=True).astype(jnp.float32)
+            lp = jax.nn.log_softmax(logits, axis=-1)
+            return jnp.sum(jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0] * weights, axis=-1)
+        # The LM head only at the target positions (long inputs, short targets).
+        return losses.head_token_log_likelihoods(m.hidden_from_batch(batch, deterministic=True),
+                                                 m.logits_from_hidden, tgt, weights, max_positions=max_positions)
 
     out: list[float] = []
     for start in range(0, len(feats), batch_size):
@@ -55,18 +60,28 @@ def score_rows(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_le
         pad = batch_size - len(chunk)
         if pad:
             batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
-        out.extend(float(x) for x in np.asarray(score(state, batch))[:len(chunk)])
+        scores = score(state, batch, losses.position_bucket(batch["decoder_loss_weights"]))
+        out.extend(float(x) for x in np.asarray(scores)[:len(chunk)])
     return out
 
 
 def train_on_rows(*, model_dir: str, name: str, train_rows: Sequence[Mapping[str, Any]], train_steps: int,
                   train_fn: Callable[..., Any] | None = None, validation_rows: Sequence[Mapping[str, Any]] = (),
-                  metric_fns: Sequence[Callable[..., Any]] = (), **train_kwargs: Any) -> Any:
-    """Register ``name`` over the rows and train on it with the trainer (``train_fn``, default ``train``)."""
+                  metric_fns: Sequence[Callable[..., Any]] = (), pack: bool | None = None,
+                  **train_kwargs: Any) -> Any:
+    """Register ``name`` over the rows and train on it with the trainer (``train_fn``, default ``train``).
+
+    ``pack``: several rows per sequence (segment-aware attention and positions). FIAT rows are long inputs of
+    very different lengths, so unpacked batches are mostly padding; None packs unless gin binds ``train.pack``.
+    """
+    from fiat_jax.methods.common import gin_bound
+
     if train_fn is None:
         from fiat_jax.train.trainer import train as train_fn
     # A hook left None is not passed: the trainer's own gin binding (train.model_transform, ...) applies.
     train_kwargs = {k: v for k, v in train_kwargs.items() if not (k in HOOKS and v is None)}
+    if pack is not None or not gin_bound("train.pack"):
+        train_kwargs["pack"] = True if pack is None else bool(pack)
     splits: dict[str, list[dict[str, Any]]] = {"train": [dict(r) for r in train_rows]}
     if validation_rows:
         splits["validation"] = [dict(r) for r in validation_rows]

@@ -72,6 +72,11 @@ class DecoderConfig:
     embedding_init_std: float = 0.02
     dtype: str = "float32"
     param_dtype: str = "float32"
+    # Activation rematerialisation of each layer in training: "none", "full" or "save_dots" (layers.REMAT_POLICIES).
+    remat: str = "none"
+
+    def __post_init__(self):
+        layers.check_remat(self.remat)
 
 
 class DecoderLayer(nnx.Module):
@@ -134,8 +139,9 @@ class Decoder(nnx.Module):
     def __call__(self, tokens: Array | None, *, positions: Array | None = None, segment_ids: Array | None = None,
                  causal_attention: Array | None = None, embeddings: Array | None = None,
                  input_mask: Array | None = None, cache: dict[str, Any] | None = None,
-                 deterministic: bool = True) -> Array | tuple[Array, dict[str, Any]]:
-        """Logits ``[B, T, V]`` (and the new cache when ``cache`` is given).
+                 deterministic: bool = True, head: bool = True) -> Array | tuple[Array, dict[str, Any]]:
+        """Logits ``[B, T, V]`` (and the new cache when ``cache`` is given); with ``head=False`` the final hidden
+        states ``[B, T, D]`` instead, for a loss that applies :meth:`logits_from_hidden` only where it counts.
 
         ``embeddings [B, T, D]`` replaces the token lookup (soft prompts). ``segment_ids``: packing (0 = padding).
         ``causal_attention``: prefix-LM span attended bidirectionally. ``input_mask [B, T]``: which positions are
@@ -174,31 +180,54 @@ class Decoder(nnx.Module):
                 positions = jnp.broadcast_to(slots, (b, t))
         new_cache: dict[str, Any] = {}
         for i in range(self.config.num_layers):
+            layer = getattr(self, f"layers_{i}")
+            if cache is None and not deterministic:  # training: the layer's remat policy
+                x, _ = layers.remat_call(self.config.remat, lambda m, x, mask, pos: m(
+                    x, mask=mask, positions=pos, cache=None, cache_index=None, deterministic=False),
+                    layer, x, mask, positions)
+                continue
             layer_cache = None if cache is None else cache[f"layers_{i}"]
-            x, lc = getattr(self, f"layers_{i}")(x, mask=mask, positions=positions, cache=layer_cache,
-                                                 cache_index=index, deterministic=deterministic)
+            x, lc = layer(x, mask=mask, positions=positions, cache=layer_cache, cache_index=index,
+                          deterministic=deterministic)
             if cache is not None:
                 new_cache[f"layers_{i}"] = lc
         x = self.decoder_norm(x)
         x = self.dropout(x, deterministic=deterministic)
-        logits = (self.token_embedder.attend(x) if self.config.tie_embeddings else self.logits_dense(x))
-        logits = constrain(logits, ("batch", "length", "vocab"))
+        out = self.logits_from_hidden(x, deterministic=deterministic) if head else x
         if cache is None:
-            return logits
+            return out
         new_cache.update(valid=valid, causal=causal, index=index + t)
-        return logits, new_cache
+        return out, new_cache
+
+    def logits_from_hidden(self, x: Array, *, deterministic: bool = True) -> Array:
+        """The LM head on final hidden states ``[..., D]`` -> ``[..., V]`` (any leading shape: the loss passes only
+        its loss-bearing positions). ``deterministic`` is for PEFT wrappers (LoRA dropout on the head)."""
+        del deterministic
+        logits = self.token_embedder.attend(x) if self.config.tie_embeddings else self.logits_dense(x)
+        if logits.ndim == 3:
+            logits = constrain(logits, ("batch", "length", "vocab"))
+        return logits
 
     def logits_from_batch(self, batch: Mapping[str, Array], *, deterministic: bool = True,
                           prompt_embeddings: Array | None = None) -> Array:
         """Prefix-LM logits aligned with ``decoder_target_tokens`` (docs/CONTRACTS.md). A soft prompt
         ``[B or 1, P, D]`` is prepended (bidirectional with the inputs when the batch is prefix-LM, in the first
         segment when packed) and its P output positions are dropped."""
+        return self.logits_from_hidden(self.hidden_from_batch(batch, deterministic=deterministic,
+                                                              prompt_embeddings=prompt_embeddings),
+                                       deterministic=deterministic)
+
+    def hidden_from_batch(self, batch: Mapping[str, Array], *, deterministic: bool = True,
+                          prompt_embeddings: Array | None = None) -> Array:
+        """Final hidden states ``[B, T, D]`` aligned with ``decoder_target_tokens``: ``logits_from_batch`` before
+        the LM head (see there)."""
         tokens = jnp.asarray(batch["decoder_input_tokens"])
         seg = batch.get("decoder_segment_ids")
         pos = batch.get("decoder_positions")
         ca = batch.get("decoder_causal_attention")
         if prompt_embeddings is None:
-            return self(tokens, positions=pos, segment_ids=seg, causal_attention=ca, deterministic=deterministic)
+            return self(tokens, positions=pos, segment_ids=seg, causal_attention=ca, deterministic=deterministic,
+                        head=False)
         b = tokens.shape[0]
         p = prompt_embeddings.shape[1]
         emb = self.token_embedder(tokens)
@@ -210,6 +239,6 @@ class Decoder(nnx.Module):
             pos = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (b, p)), jnp.asarray(pos) + p], axis=1)
         if ca is not None:
             ca = jnp.concatenate([jnp.ones((b, p), jnp.asarray(ca).dtype), ca], axis=1)
-        logits = self(None, embeddings=emb, positions=pos, segment_ids=seg, causal_attention=ca,
-                      deterministic=deterministic)
-        return logits[:, p:]
+        hidden = self(None, embeddings=emb, positions=pos, segment_ids=seg, causal_attention=ca,
+                      deterministic=deterministic, head=False)
+        return hidden[:, p:]

@@ -321,3 +321,30 @@ class Attention(nnx.Module):
         out = dot_product_attention(q, k.astype(self.dtype), v, mask=mask, bias=bias, dtype=self.dtype)
         out = self.dropout(out, deterministic=deterministic)
         return self.out(out), new_cache
+
+
+# Activation rematerialisation per layer: "none" keeps every activation for the backward pass; "full" keeps only
+# each layer's input and recomputes the layer in the backward pass; "save_dots" keeps the outputs of the weight
+# matmuls (no batch dimensions) and recomputes the cheap elementwise ops, norms and attention scores around them.
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat(remat: str) -> str:
+    if remat != "none" and remat not in REMAT_POLICIES:
+        from fiat_jax.errors import UserError
+
+        raise UserError(f"remat must be one of none, {', '.join(REMAT_POLICIES)}; got {remat!r}")
+    return remat
+
+
+def remat_call(remat: str, fn: Callable[..., Any], module: nnx.Module, *args: Array) -> Any:
+    """``fn(module, *args)``, rematerialised per ``remat`` (``nnx.remat`` with that policy) unless "none".
+
+    ``fn`` closes over static Python values (``deterministic``); ``args`` are arrays (None passes through).
+    """
+    if check_remat(remat) == "none":
+        return fn(module, *args)
+    return nnx.remat(fn, policy=REMAT_POLICIES[remat], prevent_cse=True)(module, *args)

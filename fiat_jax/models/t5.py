@@ -65,6 +65,11 @@ class T5Config:
     dropout_rate: float = 0.0
     dtype: str = "float32"
     param_dtype: str = "float32"
+    # Activation rematerialisation of each layer in training: "none", "full" or "save_dots" (layers.REMAT_POLICIES).
+    remat: str = "none"
+
+    def __post_init__(self):
+        layers.check_remat(self.remat)
 
 
 def _kw(cfg: T5Config, rngs: nnx.Rngs) -> dict[str, Any]:
@@ -122,6 +127,7 @@ class DecoderLayer(nnx.Module):
 class Encoder(nnx.Module):
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
         self.num_layers = cfg.num_encoder_layers
+        self.remat = cfg.remat
         self.relpos_bias = layers.RelativePositionBiases(
             num_buckets=cfg.relative_attention_num_buckets, max_distance=cfg.relative_attention_max_distance,
             num_heads=cfg.num_heads, bidirectional=True, **_kw(cfg, rngs))
@@ -134,8 +140,11 @@ class Encoder(nnx.Module):
         t = x.shape[1]
         bias = self.relpos_bias(jnp.arange(t), jnp.arange(t))
         x = self.dropout(x, deterministic=deterministic)
+        remat = "none" if deterministic else self.remat
         for i in range(self.num_layers):
-            x = getattr(self, f"layers_{i}")(x, mask=mask, bias=bias, deterministic=deterministic)
+            x = layers.remat_call(remat, lambda m, x, mask, bias: m(x, mask=mask, bias=bias,
+                                                                    deterministic=deterministic),
+                                  getattr(self, f"layers_{i}"), x, mask, bias)
         return self.dropout(self.encoder_norm(x), deterministic=deterministic)
 
 
@@ -211,9 +220,10 @@ class EncoderDecoder(nnx.Module):
     def decode(self, decoder_input_tokens: Array, encoded: Array | None = None, *,
                encoder_valid: Array | None = None, encoder_segment_ids: Array | None = None,
                decoder_segment_ids: Array | None = None, cache: dict[str, Any] | None = None,
-               deterministic: bool = True) -> Array | tuple[Array, dict[str, Any]]:
+               deterministic: bool = True, head: bool = True) -> Array | tuple[Array, dict[str, Any]]:
         """Decoder logits ``[B, To, V]``; with ``cache`` (from ``init_cache``) the chunk is written at
-        ``cache["index"]`` and ``(logits, new_cache)`` is returned."""
+        ``cache["index"]`` and ``(logits, new_cache)`` is returned. ``head=False``: final hidden states
+        ``[B, To, D]`` instead (the loss applies :meth:`logits_from_hidden` only at its loss positions)."""
         c = self.config
         tokens = jnp.asarray(decoder_input_tokens)
         b, t = tokens.shape
@@ -245,37 +255,58 @@ class EncoderDecoder(nnx.Module):
             lc = None if cache is None else cache[f"layers_{i}"]
             cross_kv = None if lc is None else (lc["cross_k"], lc["cross_v"])
             self_cache = None if lc is None else {"k": lc["k"], "v": lc["v"]}
-            x, nc = getattr(dec, f"layers_{i}")(x, encoded, self_mask=self_mask, bias=bias, cross_mask=cross_mask,
-                                                cross_kv=cross_kv, cache=self_cache, cache_index=index,
-                                                deterministic=deterministic)
+            if cache is None and not deterministic:  # training: the layer's remat policy
+                x, nc = layers.remat_call(c.remat, lambda m, x, enc, sm, b, cm: m(
+                    x, enc, self_mask=sm, bias=b, cross_mask=cm, cross_kv=None, cache=None, cache_index=None,
+                    deterministic=False), getattr(dec, f"layers_{i}"), x, encoded, self_mask, bias, cross_mask)
+            else:
+                x, nc = getattr(dec, f"layers_{i}")(x, encoded, self_mask=self_mask, bias=bias,
+                                                    cross_mask=cross_mask, cross_kv=cross_kv, cache=self_cache,
+                                                    cache_index=index, deterministic=deterministic)
             if cache is not None:
                 new_cache[f"layers_{i}"] = {**lc, **nc}
         x = dec.dropout(dec.decoder_norm(x), deterministic=deterministic)
+        out = self.logits_from_hidden(x, deterministic=deterministic) if head else x
+        if cache is None:
+            return out
+        new_cache.update(encoder_valid=cache["encoder_valid"], index=index + t)
+        return out, new_cache
+
+    def logits_from_hidden(self, x: Array, *, deterministic: bool = True) -> Array:
+        """The LM head (T5X's tied-logit rescale included) on decoder hidden states ``[..., D]`` -> ``[..., V]``;
+        ``deterministic`` is for PEFT wrappers (LoRA dropout on the head)."""
+        del deterministic
+        c = self.config
         if c.tie_embeddings:
             logits = self.token_embedder.attend(x)
             if c.tie_embeddings if c.scale_tied_logits is None else c.scale_tied_logits:
-                logits = logits / jnp.sqrt(jnp.asarray(c.d_model, x.dtype))
+                logits = logits / jnp.sqrt(jnp.asarray(c.d_model, logits.dtype))
         else:
-            logits = dec.logits_dense(x)
-        logits = constrain(logits, ("batch", "length", "vocab"))
-        if cache is None:
-            return logits
-        new_cache.update(encoder_valid=cache["encoder_valid"], index=index + t)
-        return logits, new_cache
+            logits = self.decoder.logits_dense(x)
+        if logits.ndim == 3:
+            logits = constrain(logits, ("batch", "length", "vocab"))
+        return logits
 
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, *,
                  encoder_segment_ids: Array | None = None, decoder_segment_ids: Array | None = None,
-                 prompt_embeddings: Array | None = None, deterministic: bool = True) -> Array:
+                 prompt_embeddings: Array | None = None, deterministic: bool = True, head: bool = True) -> Array:
         encoded, valid, enc_seg = self.encode(encoder_input_tokens, segment_ids=encoder_segment_ids,
                                               prompt_embeddings=prompt_embeddings, deterministic=deterministic)
         return self.decode(decoder_input_tokens, encoded, encoder_valid=valid, encoder_segment_ids=enc_seg,
-                           decoder_segment_ids=decoder_segment_ids, deterministic=deterministic)
+                           decoder_segment_ids=decoder_segment_ids, deterministic=deterministic, head=head)
 
     def logits_from_batch(self, batch: Mapping[str, Array], *, deterministic: bool = True,
                           prompt_embeddings: Array | None = None) -> Array:
         """Logits aligned with ``decoder_target_tokens`` (docs/CONTRACTS.md); the soft prompt goes before the
         encoder input."""
+        return self.logits_from_hidden(self.hidden_from_batch(batch, deterministic=deterministic,
+                                                              prompt_embeddings=prompt_embeddings),
+                                       deterministic=deterministic)
+
+    def hidden_from_batch(self, batch: Mapping[str, Array], *, deterministic: bool = True,
+                          prompt_embeddings: Array | None = None) -> Array:
+        """Decoder hidden states ``[B, To, D]``: ``logits_from_batch`` before the LM head."""
         return self(batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                     encoder_segment_ids=batch.get("encoder_segment_ids"),
                     decoder_segment_ids=batch.get("decoder_segment_ids"),
-                    prompt_embeddings=prompt_embeddings, deterministic=deterministic)
+                    prompt_embeddings=prompt_embeddings, deterministic=deterministic, head=False)

@@ -89,6 +89,16 @@ class PeftModel(nnx.Module):
             return self.model.logits_from_batch(batch, deterministic=deterministic,
                                                 prompt_embeddings=self._prompt_or(prompt_embeddings))
 
+    def hidden_from_batch(self, batch: Mapping[str, Array], *, deterministic: bool = True,
+                          prompt_embeddings: Array | None = None) -> Array:
+        with training(not deterministic):
+            return self.model.hidden_from_batch(batch, deterministic=deterministic,
+                                                prompt_embeddings=self._prompt_or(prompt_embeddings))
+
+    def logits_from_hidden(self, hidden: Array, *, deterministic: bool = True) -> Array:
+        with training(not deterministic):
+            return self.model.logits_from_hidden(hidden, deterministic=deterministic)
+
     # -- encoder-decoder ---------------------------------------------------------------------------------------
     def encode(self, encoder_input_tokens: Array | None, *, prompt_embeddings: Array | None = None,
                deterministic: bool = True, **kwargs: Any) -> Any:

@@ -32,7 +32,7 @@ from flax import nnx
 
 from fiat_jax.errors import UserError
 from fiat_jax.train import checkpoints as ckpt_lib
-from fiat_jax.train import input_pipeline
+from fiat_jax.train import input_pipeline, losses
 from fiat_jax.train.metrics_writer import MetricsWriter
 
 _log = logging.getLogger(__name__)
@@ -51,13 +51,18 @@ def _make_fns(graphdef: nnx.GraphDef, *, model_kind: str, max_decode_len: int) -
         model = nnx.merge(graphdef, state)
         return model.logits_from_batch(batch, deterministic=True).astype(jnp.float32)
 
-    @jax.jit
-    def score(state, batch):
-        lp = jax.nn.log_softmax(logits(state, batch), axis=-1)
+    @functools.partial(jax.jit, static_argnames="max_positions")
+    def score(state, batch, max_positions=None):
+        """Teacher-forced log-likelihood; the LM head only at the (at most ``max_positions``) target positions."""
+        model = nnx.merge(graphdef, state)
         tgt = batch["decoder_target_tokens"]
-        tok = jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0]
         weights = batch.get("decoder_loss_weights", (tgt != 0).astype(jnp.float32))
-        return jnp.sum(tok * weights, axis=-1)
+        if not hasattr(model, "hidden_from_batch"):
+            lp = jax.nn.log_softmax(logits(state, batch), axis=-1)
+            return jnp.sum(jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0] * weights, axis=-1)
+        return losses.head_token_log_likelihoods(model.hidden_from_batch(batch, deterministic=True),
+                                                 model.logits_from_hidden, tgt, weights,
+                                                 max_positions=max_positions)
 
     @jax.jit
     def predict_encdec(state, batch, eos):
@@ -252,7 +257,9 @@ class ModelRunner:
 
     def _score_rows(self, feats: Mapping[str, np.ndarray], n: int) -> list[float]:
         batch = {k: jnp.asarray(v) for k, v in feats.items()}
-        return [float(x) for x in np.asarray(self._score(self.state, batch))[:n]]
+        weights = feats.get("decoder_loss_weights", np.asarray(feats["decoder_target_tokens"]) != 0)
+        scores = self._score(self.state, batch, max_positions=losses.position_bucket(weights))
+        return [float(x) for x in np.asarray(scores)[:n]]
 
     def _run(self, ds: Any, per_batch: Callable[..., list[Any]], **kwargs: Any) -> dict[int, Any]:
         out: dict[int, Any] = {}

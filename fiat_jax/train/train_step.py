@@ -50,6 +50,25 @@ class StepConfig:
     z_loss: float = 0.0
     compute_dtype: Any = None  # None = parameters' own dtype (fp32); "bfloat16" casts params and activations
     dropout_seed: int = 0
+    # The LM head only at loss-bearing positions: at most this many per row of a (micro-)batch are gathered
+    # (static, so one compile); a batch with more takes the full head (exact either way). None = full head.
+    loss_positions_per_row: int | None = None
+    # With loss_positions_per_row: the gathered positions go through the head in rematerialised chunks of this
+    # many, so at most [chunk, vocab] logits exist at once (long targets). None = one chunk.
+    head_chunk_size: int | None = None
+
+
+def resolve_loss_positions(value: int | str | None, task_feature_lengths: Mapping[str, int]) -> int | None:
+    """``StepConfig.loss_positions_per_row`` from the trainer's setting: "auto" = the targets feature length (the
+    exact bound for unpacked rows; packed rows with more fall back to the full head), an int, or None."""
+    if value is None:
+        return None
+    if value == "auto":
+        length = task_feature_lengths.get("targets")
+        return int(length) if length else None
+    if isinstance(value, str) or int(value) < 1:
+        raise UserError(f"loss_positions_per_row must be 'auto', a positive int or None, not {value!r}")
+    return int(value)
 
 
 def make_step_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: StepConfig, *,
@@ -66,9 +85,16 @@ def make_step_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation
     def loss_fn(params, frozen, batch, total_weight):
         frozen = jax.tree.map(lambda v: v, frozen)  # fresh Variables at this trace level (dropout RNG counters)
         model = nnx.merge(graphdef, _cast_floating(params, compute_dtype), _cast_floating(frozen, compute_dtype))
-        logits = model.logits_from_batch(batch, deterministic=False)
-        sums = losses.cross_entropy_sums(logits, batch["decoder_target_tokens"], losses.loss_weights(batch),
-                                         z_loss=config.z_loss)
+        targets, weights = batch["decoder_target_tokens"], losses.loss_weights(batch)
+        if config.loss_positions_per_row is None or not hasattr(model, "hidden_from_batch"):
+            logits = model.logits_from_batch(batch, deterministic=False)
+            sums = losses.cross_entropy_sums(logits, targets, weights, z_loss=config.z_loss)
+        else:
+            hidden = model.hidden_from_batch(batch, deterministic=False)
+            sums = losses.head_cross_entropy_sums(
+                hidden, lambda h: model.logits_from_hidden(h, deterministic=False), targets, weights,
+                max_positions=int(config.loss_positions_per_row) * targets.shape[0], z_loss=config.z_loss,
+                chunk_size=config.head_chunk_size)
         return sums["loss"] / total_weight, sums
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -141,6 +141,7 @@ def train(*,
           grad_accum_steps: int = 1,
           z_loss: float = 0.0,
           compute_dtype: str | None = None,
+          loss_positions_per_row: int | str | None = "auto",
           checkpoint_every_steps: int = 1000,
           keep_checkpoints: int = 3,
           best_metric: str | None = None,
@@ -158,7 +159,9 @@ def train(*,
 
     Resumes from the newest checkpoint in ``model_dir/checkpoints`` when there is one. ``trainable`` is an NNX
     filter choosing the differentiated parameters (PEFT passes its own). ``eval_fn(model=..., step=...)`` returns
-    metrics logged under ``eval/`` every ``eval_every_steps`` (and usable as ``best_metric``). Raises
+    metrics logged under ``eval/`` every ``eval_every_steps`` (and usable as ``best_metric``).
+    ``loss_positions_per_row``: the LM head runs only at this many loss positions per row ("auto": the targets
+    length; None: every position; see ``train_step.StepConfig``). Raises
     :class:`TrainingDivergedError` on a NaN/inf loss, naming the step. ``export_peft_dir`` (absolute, or relative
     to ``model_dir``): when training finishes, the LoRA adapter is also written there as an HF peft directory.
     """
@@ -208,7 +211,8 @@ def train(*,
             tx = optimizer()
         abstract_opt = jax.eval_shape(tx.init, params)
         step_fn = train_step.make_step_fn(graphdef, tx, train_step.StepConfig(
-            grad_accum_steps=grad_accum_steps, z_loss=z_loss, compute_dtype=compute_dtype, dropout_seed=seed + 2),
+            grad_accum_steps=grad_accum_steps, z_loss=z_loss, compute_dtype=compute_dtype, dropout_seed=seed + 2,
+            loss_positions_per_row=train_step.resolve_loss_positions(loss_positions_per_row, task_feature_lengths)),
             trainable=trainable)
         compiled = train_step.jit_step(step_fn, mesh=the_mesh, abstract_params=params,
                                        abstract_opt_state=abstract_opt, abstract_frozen=frozen)
