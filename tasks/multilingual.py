@@ -105,7 +105,8 @@ def register(*, data_dir: str, tfds_dir: str, seed: int, split_fractions: Mappin
                                          data_dir, len(missing), ", ".join(missing[:8]))
     by_language: dict[str, list[str]] = {}
     for family, members in families.items():
-        common.add_mixture(family, members)
+        if members != [family]:  # a family of one task named like it (alpaca_scored) is that task, not a mixture
+            common.add_mixture(family, members)
         if family in ("xcopa_mc", "xor_attriqa_scored"):
             continue
         for name in members:

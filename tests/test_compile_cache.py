@@ -49,9 +49,10 @@ def _train(tmp_path: pathlib.Path, run: str, cache: str) -> dict[str, float]:
          f"--compile_cache={cache}"],
         capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
+    compiles = [json.loads(line) for line in (model_dir / "compile.jsonl").read_text().splitlines()]
+    assert len(compiles) == 1, compiles
     rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
-    compiles = [r for r in rows if r["split"] == "compile"]
-    assert len(compiles) == 1, rows
+    assert not [r for r in rows if r["split"] == "compile"], "compile work belongs in compile.jsonl"
     return {k.removeprefix("compile/"): v for k, v in compiles[0].items()}
 
 

@@ -1,7 +1,9 @@
 """Every shipped ``*_local_tiny`` sweep runs to the end: each of its method x size configurations (one seed) through
 ``fiat run`` subprocesses, shrunk by tests/sweep_ci/ci_overlay.gin (2 steps, 4 eval items, a tiny random teacher).
 A failed run fails the test with its log."""
+import csv
 import json
+import math
 import os
 import pathlib
 
@@ -10,6 +12,7 @@ import pytest
 
 from fiat_jax import gin_utils
 from fiat_jax.errors import UserError
+from fiat_jax.sweeps import report as report_lib
 from fiat_jax.sweeps import sweep
 from test_train_helpers import JAX_CACHE_ENV
 
@@ -26,6 +29,8 @@ def test_local_tiny_sweep_runs_to_the_end(name, tmp_path, repo_root):
     gin.parse_config_file(str(SWEEPS_DIR / f"{name}.gin"))
     shipped = sweep.configured_plan()
     overlay = ["runs/local_tiny.gin", str(CI_DIR / "ci_overlay.gin")]  # the shipped overlay, then CI's
+    if name.startswith("fiat_"):  # the MGSM sweeps (runs/fiat_mgsm.gin)
+        overlay.append(str(CI_DIR / "mgsm_one_language.gin"))
     gin.parse_config([f"SWEEP_DIR = '{tmp_path / 'sweep'}'", "sweep.seeds = [0]", "sweep.parallel = 1",
                       f"sweep.overlay_gin_files = {overlay!r}"])
     # The runs share compiled programs through JAX's persistent cache (same shapes across sizes and sweeps).
@@ -47,3 +52,17 @@ def test_local_tiny_sweep_runs_to_the_end(name, tmp_path, repo_root):
         if "num_train_examples" in row:
             assert row["num_train_examples"] == row["train_examples"], json.dumps(row)[:500]
     assert any("num_train_examples" in row for row in rows)
+    # Its report: paired differences with p-values, every interval of a percentage inside [0, 100].
+    out = report_lib.report(results_dir=tmp_path / "sweep")
+    md = (out / "report.md").read_text()
+    assert "paired differences" in md and ("p = " in md or "p < " in md), md[:3000]
+    with open(out / "summary.csv", newline="") as f:
+        cells = list(csv.DictReader(f))
+    with_interval = [c for c in cells if c["ci95_low"] not in ("", "nan") and math.isfinite(float(c["ci95_low"]))]
+    # Phased runs record no per-item scores yet: with CI's one seed their cells have no interval to check.
+    assert with_interval or name.startswith("phased_"), cells[:5]
+    for cell in with_interval:
+        low, high = float(cell["ci95_low"]), float(cell["ci95_high"])
+        assert low <= float(cell["mean"]) <= high, cell
+        if report_lib._PERCENT_NAMES.search(cell["metric"]):
+            assert 0.0 <= low <= high <= 100.0, cell

@@ -65,6 +65,14 @@ class MetricsWriter:
         if self._tensorboard:
             self._writer(split).write_scalars(int(step), clean)
 
+    def write_process_record(self, name: str, record: Mapping[str, Any]) -> None:
+        """One row per training process in ``model_dir/name`` (e.g. its compile work): kept out of metrics.jsonl,
+        whose rows are each step's exactly once across resumes."""
+        if not self.enabled:
+            return
+        with open(self.model_dir / name, "a", buffering=1) as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
     def flush(self) -> None:
         for writer in self._tb.values():
             writer.flush()

@@ -381,7 +381,7 @@ def train(*,
                 compiles = compile_cache.CompileStats.since(compiles_at_start)
                 compile_metrics = compiles.metrics(time.perf_counter() - wall_start)
                 result_metrics.update(compile_metrics)
-                writer.write(step, compile_metrics, split="compile")
+                writer.write_process_record("compile.jsonl", {"step": int(step), **compile_metrics})
                 _log.info("compiles: %d (%d more loaded from the persistent cache), %.1f s", compiles.compiles,
                           compiles.cache_hits, compiles.compile_s)
             finally:
