@@ -1,25 +1,15 @@
-"""Helpers shared by the task registrations: output features, idempotent add, the default DATA_DIR."""
+"""Helpers shared by the task registrations: output features, idempotent add, the default DATA_DIR
+(defined in fiat_jax.data.paths, which the library layers use)."""
 
 from __future__ import annotations
 
-import os
-import pathlib
-
 import seqio
 
+from fiat_jax.data.paths import REPO_ROOT, default_data_dir, default_tfds_dir
 from fiat_jax.data.vocab import get_vocabulary
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def default_data_dir() -> str | None:
-    """``<repo>/../shared/data`` when it exists (the small real data sets), else None."""
-    path = REPO_ROOT.parent / "shared" / "data"
-    return str(path) if path.is_dir() else None
-
-
-def default_tfds_dir() -> str:
-    return os.path.join(os.path.expanduser("~"), ".cache", "fiat_jax", "tfds")
+__all__ = ["REPO_ROOT", "add_mixture", "add_task", "default_data_dir", "default_tfds_dir", "output_features",
+           "tokenize_steps"]
 
 
 def output_features() -> dict[str, seqio.Feature]:

@@ -14,7 +14,6 @@ Ablations, one flag each (:class:`FiatAblations`), each changing only what it na
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -23,17 +22,18 @@ from typing import Any
 import gin
 
 from fiat_jax.data.preprocessors import DEFAULT_FIAT_TEMPLATE, FiatTemplate, fiat_input
+from fiat_jax.data.teacher_outputs import read_teacher_outputs
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
-from fiat_jax.teachers import base as teacher_base
+from fiat_jax.teachers import materialise as materialise_lib, recipes
 
 _log = logging.getLogger(__name__)
 
-TEACHER_PROMPT = ("{instruction}\n\n{exemplars}Question: {input}\nLet's think step by step.")
 AUX_TEMPLATE = dataclasses.replace(DEFAULT_FIAT_TEMPLATE, answer_header="Reasoning:")
-STUDENT_INSTRUCTION_PROMPT = (
-    "Write one short instruction (one or two sentences) telling a small model how to solve this task in "
-    "{language}, using the given reasoning to reach the answer. Task: {task}. Reply with the instruction only.")
+# The teacher's prompts are recipe files (fiat_jax/teachers/recipes/): the reasoning request and the student
+# instruction writer.
+REASONING_RECIPE = "fiat_reasoning"
+STUDENT_INSTRUCTION_RECIPE = "student_instruction"
 
 
 @gin.configurable
@@ -59,16 +59,6 @@ class FiatAblations:
     @property
     def teacher_at_inference(self) -> bool:
         return self.reasoning_in_input
-
-
-def teacher_prompt(example: Mapping[str, Any], *, instruction: str, exemplars: str = "",
-                   prompt: str = TEACHER_PROMPT) -> str:
-    """The teacher's reasoning request: its instruction, the chain-of-thought exemplars, the input."""
-    return prompt.format(instruction=instruction, exemplars=exemplars, input=example["inputs"])
-
-
-def recipe_hash(*parts: str) -> str:
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:12]
 
 
 def student_rows(examples: Sequence[Mapping[str, Any]], reasonings: Mapping[str, str] | None, *,
@@ -126,39 +116,20 @@ def student_setup(ablations: FiatAblations, *, initial_params: Callable | None, 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Teacher reasoning, materialised (docs/CONTRACTS.md "Materialised teacher outputs") so reruns never re-ask.
+# Teacher reasoning, materialised (teachers/materialise.py; docs/CONTRACTS.md "Materialised teacher outputs") so
+# reruns never re-ask.
 def teacher_outputs(teacher: Any, examples: Sequence[Mapping[str, Any]], *, task: str, split: str, out_dir: str,
                     instruction: str, exemplars: str = "", max_new_tokens: int = 128,
-                    prompt: str = TEACHER_PROMPT, batch_size: int = 8,
-                    progress: Callable[[str], None] | None = None) -> dict[str, str]:
+                    batch_size: int = 8) -> dict[str, str]:
     """``{id: reasoning}`` for the examples: read from ``out_dir/<task>/<split>.jsonl`` where present (same
-    teacher and recipe), the rest asked of the teacher in batches and appended."""
-    identity = str(getattr(teacher, "identity", type(teacher).__name__))
-    rhash = recipe_hash(prompt, instruction, exemplars, str(max_new_tokens))
-    path = os.path.join(out_dir, task, f"{split}.jsonl")
-    done: dict[str, str] = {}
-    if os.path.exists(path):
-        for row in results_lib.read_jsonl(path):
-            if row.get("teacher") == identity and row.get("recipe_hash") == rhash:
-                done[str(row["id"])] = row["output"]
-    todo = [ex for ex in examples if str(ex["id"]) not in done]
-    rows = [{"id": i, "task": task, "split": split, "recipe": "fiat_reasoning", "recipe_hash": rhash,
-             "teacher": identity, "output": o} for i, o in done.items()]
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        # The examples go with their prompts: a replay teacher looks recordings up by id, the controlled
-        # (simulated) teacher reads the gold answer; every other backend sees the prompts only.
-        outs = teacher_base.generate_for(
-            teacher, chunk, [teacher_prompt(ex, instruction=instruction, exemplars=exemplars, prompt=prompt)
-                             for ex in chunk], max_new_tokens=max_new_tokens, temperature=0.0)
-        for ex, out in zip(chunk, outs):
-            done[str(ex["id"])] = out
-            rows.append({"id": str(ex["id"]), "task": task, "split": split, "recipe": "fiat_reasoning",
-                         "recipe_hash": rhash, "teacher": identity, "output": out})
-        results_lib.write_jsonl(path, rows)
-        if progress:
-            progress(f"teacher reasoning {task}/{split}: {min(start + batch_size, len(todo))}/{len(todo)}")
-    return {str(ex["id"]): done[str(ex["id"])] for ex in examples}
+    teacher and recipe hash; rows of an older recipe are replaced), the rest asked of the teacher (with their
+    examples: a replay teacher looks recordings up by id, the controlled (simulated) teacher reads the gold
+    answer) and appended. Any reply is reasoning (an empty one too), as before the recipe files."""
+    result = materialise_lib.materialise(
+        teacher, REASONING_RECIPE, examples, out_dir=out_dir, task=task, split=split,
+        variables={"instruction": instruction, "exemplars": exemplars}, max_new_tokens=max_new_tokens,
+        keep_unparsed=True, replace_other=True, chunk_size=batch_size, what="FIAT reasoning")
+    return result.require_all(f"FIAT reasoning {task}/{split}")
 
 
 def teacher_identity(teacher: Any) -> str | None:
@@ -168,14 +139,12 @@ def teacher_identity(teacher: Any) -> str | None:
     return str(getattr(teacher, "identity", type(teacher).__name__))
 
 
-def write_student_instruction(teacher: Any, *, task: str, language: str, max_new_tokens: int = 64) -> str:
-    """The student instruction written by the teacher (per task and language), one line."""
-    reply = teacher.generate([STUDENT_INSTRUCTION_PROMPT.format(task=task, language=language)],
-                             max_new_tokens=max_new_tokens, temperature=0.0)[0]
-    line = next((ln.strip() for ln in reply.splitlines() if ln.strip()), "")
-    if not line:
-        raise UserError(f"FIAT: the teacher wrote an empty student instruction for {task} ({language})")
-    return line
+def write_student_instruction(teacher: Any, *, task: str, out_dir: str | None,
+                              examples: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The student instruction the teacher writes for ``task`` (its family and language from the name; recipe
+    ``student_instruction``), materialised as ``out_dir/<task>/train.student_instruction.json``."""
+    return materialise_lib.materialise(teacher, STUDENT_INSTRUCTION_RECIPE, examples, out_dir=out_dir, task=task,
+                                       split="train", what="FIAT student instruction").outputs[task]
 
 
 def language_of(task: str) -> str:
@@ -184,20 +153,9 @@ def language_of(task: str) -> str:
 
 @gin.configurable
 def mgsm_cot_exemplars(*, k: int = 4, data_dir: str | None = None) -> Callable[[str], str]:
-    """The teacher's chain-of-thought exemplars for an MGSM task (the published per-language exemplars)."""
-    from fiat_jax.data import preprocessors, sources
-
-    def exemplars(task: str) -> str:
-        root = data_dir
-        if root is None:
-            from tasks import common as task_common
-            root = task_common.default_data_dir()
-        if root is None:
-            raise UserError("mgsm_cot_exemplars: no data_dir (bind mgsm_cot_exemplars.data_dir)")
-        shots = sources.mgsm_exemplars(str(root), language_of(task))
-        return preprocessors.few_shot_prefix(shots, k=k)
-
-    return exemplars
+    """The teacher's chain-of-thought exemplars for an MGSM task: FIAT's gin name for
+    :func:`fiat_jax.teachers.recipes.cot_exemplars` (the published per-language exemplars)."""
+    return recipes.cot_exemplars(k=k, data_dir=data_dir)
 
 
 def _per_task(value: str | Mapping[str, str] | None, task: str) -> str | None:
@@ -247,14 +205,14 @@ def fiat_method(*, model_dir: str, mixture_or_task_name: str, train_steps: int,
             if teacher is None:
                 raise UserError(f"FIAT: missing student instruction for {task} (bind fiat_method."
                                 f"student_instruction, or a teacher to write it)")
-            given = write_student_instruction(teacher, task=task.rsplit("_", 1)[0], language=language_of(task))
+            given = write_student_instruction(teacher, task=task, examples=train_ex[task],
+                                              out_dir=os.path.join(model_dir, "teacher_outputs"))
         instructions[task] = given
 
     def reasoning(task: str, split: str, examples: list[dict]) -> dict[str, str] | None:
         if not ablations.needs_teacher:
             return None
         if teacher_dir is not None and os.path.exists(os.path.join(teacher_dir, task, f"{split}.jsonl")):
-            from fiat_jax.data.teacher_outputs import read_teacher_outputs
             outs = read_teacher_outputs(teacher_dir, task, split).outputs
             missing = [ex["id"] for ex in examples if str(ex["id"]) not in outs]
             if not missing:
@@ -268,7 +226,7 @@ def fiat_method(*, model_dir: str, mixture_or_task_name: str, train_steps: int,
         return teacher_outputs(teacher, examples, task=task, split=split,
                                out_dir=os.path.join(model_dir, "teacher_outputs"),
                                instruction=teacher_instruction, exemplars=ex_text,
-                               max_new_tokens=max_reasoning_tokens, progress=_log.info)
+                               max_new_tokens=max_reasoning_tokens)
 
     train_rows: list[dict[str, Any]] = []
     for task, examples in train_ex.items():

@@ -8,7 +8,9 @@
   teacher-quality axis);
 - ``cache``: a persistent content-addressed sqlite cache and :class:`~fiat_jax.teachers.cache.CachedTeacher`;
 - ``recipes``: versioned prompt recipes (text files in ``recipes/``) and reply parsers;
-- ``teach``: ``fiat teach``, a teacher + recipe over a seqio task split, materialised to JSONL.
+- ``materialise``: the one writer of teacher outputs (recipe + examples -> crash-safe, resumable JSONL), used
+  by ``fiat teach`` and every method;
+- ``teach``: ``fiat teach``, a thin gin entry: a teacher + recipe over a seqio task split, materialised.
 
 Nothing is imported here: each module is light to import and pulls in jax / httpx only when used.
 """

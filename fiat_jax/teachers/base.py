@@ -102,6 +102,34 @@ def stream(teacher: object, prompts: Sequence[str], *, max_new_tokens: int, temp
             yield start + i, out
 
 
+def stream_for(teacher: object, examples: Sequence[Mapping[str, Any]], prompts: Sequence[str], *,
+               max_new_tokens: int, temperature: float = 0.0, stop: Sequence[str] = (),
+               chunk_size: int = 8) -> Iterator[tuple[int, str | Failure]]:
+    """:func:`stream` for prompts built from ``examples``: a teacher that needs the examples (an
+    :class:`ExampleTeacher`: replay by id, the controlled teacher's gold answer) gets them through
+    ``generate_for_examples`` on chunks (an exception in a chunk marks each of its prompts as failed); any other
+    teacher streams the prompts alone."""
+    if len(examples) != len(prompts):
+        raise ValueError(f"{len(examples)} examples for {len(prompts)} prompts")
+    own = getattr(teacher, "generate_for_examples", None)
+    if own is None:
+        yield from stream(teacher, prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
+                          chunk_size=chunk_size)
+        return
+    for start in range(0, len(prompts), chunk_size):
+        try:
+            outs = own(list(examples[start:start + chunk_size]), list(prompts[start:start + chunk_size]),
+                       max_new_tokens=max_new_tokens, temperature=temperature, stop=stop)
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a backend error is recorded per prompt
+            for i in range(len(prompts[start:start + chunk_size])):
+                yield start + i, Failure(f"{type(err).__name__}: {err}")
+            continue
+        for i, out in enumerate(outs):
+            yield start + i, out
+
+
 def collect(results: Iterator[tuple[int, str | Failure]], n: int, *, what: str) -> list[str]:
     """The texts of a stream in prompt order; a :class:`TeacherError` naming the first failure if any failed."""
     out: list[str | None] = [None] * n

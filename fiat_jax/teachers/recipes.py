@@ -23,7 +23,11 @@ from typing import Any
 
 import gin
 
+from fiat_jax.data.text import split_sentences
 from fiat_jax.errors import UserError
+
+__all__ = ["ParseError", "Recipe", "available", "cot_exemplars", "load", "parse_instruction", "parse_lines",
+           "parse_score", "parse_text", "parse_verdict", "recipe_path", "split_sentences"]
 
 RECIPE_DIR = pathlib.Path(__file__).resolve().parent / "recipes"
 SCOPES = ("example", "task")
@@ -209,8 +213,23 @@ def parse_score(reply: str) -> str:
     raise ParseError(f"no score 1-5 in the reply ({'ambiguous: ' + str(sorted(in_range)) if in_range else 'none'})")
 
 
+_TIE = re.compile(r"\b(tie|equal|same)\b", re.IGNORECASE)
+_VERDICT = re.compile(r"\b([AB])\b")  # upper case only: "a" is usually the article
+
+
+def parse_verdict(reply: str) -> str:
+    """A pairwise judge's verdict as "A", "B" or "tie" (the first of them in its reply; anything else is a tie,
+    so this parser never fails)."""
+    text = (reply or "").strip()
+    if _TIE.search(text):
+        return "tie"
+    match = _VERDICT.search(text)
+    return "tie" if match is None else match.group(1)
+
+
 PARSERS: dict[str, Callable[[str], str]] = {"text": parse_text, "lines": parse_lines,
-                                             "instruction": parse_instruction, "score_1_5": parse_score}
+                                             "instruction": parse_instruction, "score_1_5": parse_score,
+                                             "verdict": parse_verdict}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,23 +241,9 @@ def cot_exemplars(*, k: int = 4, data_dir: str | None = None) -> Callable[[str],
     chain-of-thought exemplars of its language for ``mgsm_<lang>`` tasks, nothing for other tasks."""
 
     def exemplars(task: str) -> str:
-        if not task.startswith("mgsm_"):
-            return ""
-        from fiat_jax.data import preprocessors, sources
+        # Lazy: the exemplars module imports TensorFlow (preprocessors), which `fiat teach` start-up avoids.
+        from fiat_jax.data import exemplars as exemplars_lib
 
-        root = data_dir
-        if root is None:
-            from tasks import common as task_common
-
-            root = task_common.default_data_dir()
-        if root is None:
-            raise UserError("cot_exemplars: no data directory (bind cot_exemplars.data_dir)")
-        shots = sources.mgsm_exemplars(str(root), task.rsplit("_", 1)[-1])
-        return preprocessors.few_shot_prefix(shots, k=k)
+        return exemplars_lib.mgsm_cot_prefix(task, k=k, data_dir=data_dir)
 
     return exemplars
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a document (split after ., !, ? and their CJK forms), for ``expand: sentences``."""
-    return [s.strip() for s in re.split(r"(?<=[.!?。！？])\s+", (text or "").strip()) if s.strip()]

@@ -16,6 +16,8 @@ from typing import Any
 
 import jax
 
+from fiat_jax.atomic_files import atomic_write_lines
+
 
 class MetricsWriter:
     """Scalars to TensorBoard ``MODEL_DIR/tb/<split>`` and ``metrics.jsonl``; call :meth:`close` at the end."""
@@ -104,12 +106,7 @@ def drop_rows_after(path: pathlib.Path, step: int) -> int:
         else:
             kept.append(line)
     if dropped or (raw and not raw.endswith("\n")):
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_lines(path, kept)
     return dropped
 
 
