@@ -141,7 +141,7 @@ def test_sigkill_then_rerun_completes_without_duplicates(tmp_path, shared_data_d
 
 def test_torn_last_line_and_duplicates_are_repaired(tmp_path):
     from fiat_jax.errors import UserError
-    from fiat_jax.teachers.teach import read_existing
+    from fiat_jax.teachers.materialise import read_existing
 
     path = tmp_path / "train.jsonl"
     row = {"id": "a", "teacher": "t", "recipe_hash": "h", "output": "x"}

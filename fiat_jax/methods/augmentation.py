@@ -13,33 +13,23 @@ reversal "B is the child of A" of a trained "A is the parent of B").
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gin
 
+from fiat_jax.data.text import split_sentences
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
+from fiat_jax.teachers import materialise as materialise_lib, recipes
 
 _log = logging.getLogger(__name__)
 
-LOCAL_PROMPT = (
-    "Here is a document and one sentence from it.\n\nDocument:\n{document}\n\nSentence: {sentence}\n\n"
-    "Rewrite the sentence in other words, and state the same fact in the reverse direction (for example, "
-    "\"A is the parent of B\" becomes \"B is the child of A\"). Write one statement per line, nothing else.")
-GLOBAL_PROMPT = (
-    "Read the document.\n\nDocument:\n{document}\n\nList the facts that follow from the document taken as a "
-    "whole (combining several of its sentences), that it does not state directly. Write one statement per line, "
-    "nothing else.")
-
-_SENTENCE = re.compile(r"(?<=[.!?。！？])\s+")
-_LINE_PREFIX = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a document (split after ., !, ? and their CJK forms)."""
-    return [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
+# The teacher's prompts are recipe files (fiat_jax/teachers/recipes/augment_local.txt, augment_global.txt).
+LOCAL_RECIPE = "augment_local"
+GLOBAL_RECIPE = "augment_global"
 
 
 def sentence_split_augmentation(document: str, *, mode: str = "independent") -> list[str]:
@@ -54,54 +44,49 @@ def sentence_split_augmentation(document: str, *, mode: str = "independent") -> 
 
 
 def parse_statements(reply: str) -> list[str]:
-    """One statement per non-empty line of a teacher reply, list bullets and numbering removed."""
-    out = []
-    for line in (reply or "").splitlines():
-        line = _LINE_PREFIX.sub("", line).strip()
-        if line:
-            out.append(line)
-    return out
+    """One statement per non-empty line of a teacher reply, list bullets and numbering removed (the recipes'
+    ``lines`` parser; no statement is an empty list)."""
+    try:
+        return recipes.parse_lines(reply).splitlines()
+    except recipes.ParseError:
+        return []
 
 
 def teacher_augment(teacher: Any, documents: Sequence[str], *, local: bool = True, global_: bool = True,
-                    max_new_tokens: int = 128, local_prompt: str = LOCAL_PROMPT,
-                    global_prompt: str = GLOBAL_PROMPT, ids: Sequence[str] | None = None) -> list[list[str]]:
-    """For each document, the statements the teacher writes (local: per sentence; global: per document).
+                    max_new_tokens: int = 128, ids: Sequence[str] | None = None, out_dir: str | None = None,
+                    task: str = "documents") -> list[list[str]]:
+    """For each document, the statements the teacher writes (local: per sentence; global: per document), through
+    :func:`~fiat_jax.teachers.materialise.materialise` (``out_dir``: materialised as
+    ``<out_dir>/<local|global>/<task>/train.jsonl``, so a rerun asks nothing again; None: in memory).
 
     Each request goes with an example ``{"id", "document"[, "sentence"]}`` whose id is ``<document id>/local/<k>``
     (its k-th sentence, from 0) or ``<document id>/global`` (``ids`` default: the documents' positions), so a
-    replay teacher can serve augmentations recorded elsewhere by id (teachers.base.generate_for)."""
-    from fiat_jax.teachers import base as teacher_base
-
+    replay teacher can serve augmentations recorded elsewhere by id (teachers.base.stream_for)."""
     if teacher is None:
         raise UserError("augmented fine-tuning: local/global augmentation needs a teacher (augment.teacher)")
     ids = [str(i) for i in (ids if ids is not None else range(len(documents)))]
-    prompts: list[str] = []
-    examples: list[dict[str, str]] = []
-    owner: list[int] = []
-    for d, doc in enumerate(documents):
-        if local:
-            for k, sentence in enumerate(split_sentences(doc)):
-                prompts.append(local_prompt.format(document=doc, sentence=sentence))
-                examples.append({"id": f"{ids[d]}/local/{k}", "document": doc, "sentence": sentence})
-                owner.append(d)
-        if global_:
-            prompts.append(global_prompt.format(document=doc))
-            examples.append({"id": f"{ids[d]}/global", "document": doc})
-            owner.append(d)
-    replies = teacher_base.generate_for(teacher, examples, prompts, max_new_tokens=max_new_tokens,
-                                        temperature=0.0) if prompts else []
     out: list[list[str]] = [[] for _ in documents]
-    for d, reply in zip(owner, replies):
-        out[d].extend(parse_statements(reply))
+    for flag, kind, recipe, suffix in ((local, "local", LOCAL_RECIPE, ""), (global_, "global", GLOBAL_RECIPE,
+                                                                          "/global")):
+        if not flag or not documents:
+            continue
+        examples = [{"id": f"{i}{suffix}", "document": doc} for i, doc in zip(ids, documents)]
+        outputs = materialise_lib.materialise(
+            teacher, recipe, examples, out_dir=None if out_dir is None else os.path.join(out_dir, kind), task=task,
+            max_new_tokens=max_new_tokens, keep_unparsed=True, replace_other=True, progress=out_dir is not None,
+            what=f"{kind} augmentation").require_all(f"{kind} augmentation")
+        for d, ex in enumerate(examples):
+            out[d].extend(parse_statements(outputs[ex["id"]]))
     return out
 
 
 def augment_documents(documents: Sequence[Mapping[str, Any]], *, teacher: Any = None, local: bool = False,
                       global_: bool = False, sentence_split: str | None = None, text_key: str = "text",
-                      max_new_tokens: int = 128) -> list[dict[str, Any]]:
+                      max_new_tokens: int = 128, out_dir: str | None = None,
+                      task: str = "documents") -> list[dict[str, Any]]:
     """Training rows ``{"id", "text", "source"}``: every document (``source="document"``) then its augmentations
-    (``"local"/"global"`` from the teacher, ``"split"`` from sentence splitting)."""
+    (``"local"/"global"`` from the teacher, materialised under ``out_dir`` (see :func:`teacher_augment`);
+    ``"split"`` from sentence splitting)."""
     texts = [str(d[text_key]) for d in documents]
     rows: list[dict[str, Any]] = [{"id": str(d.get("id", i)), "text": t, "source": "document"}
                                   for i, (d, t) in enumerate(zip(documents, texts))]
@@ -113,7 +98,7 @@ def augment_documents(documents: Sequence[Mapping[str, Any]], *, teacher: Any = 
         if not flag:
             continue
         per_doc = teacher_augment(teacher, texts, local=kind == "local", global_=kind == "global",
-                                  max_new_tokens=max_new_tokens,
+                                  max_new_tokens=max_new_tokens, out_dir=out_dir, task=task,
                                   ids=[str(d.get("id", i)) for i, d in enumerate(documents)])
         for i, (d, statements) in enumerate(zip(documents, per_doc)):
             for j, s in enumerate(statements):
@@ -136,7 +121,7 @@ def _pattern(template: str) -> re.Pattern:
 
 @gin.configurable
 class RuleBasedAugmenter:
-    """Answers :data:`LOCAL_PROMPT` / :data:`GLOBAL_PROMPT` exactly for synthetic-facts documents, through the
+    """Answers the ``augment_local`` / ``augment_global`` recipes' prompts exactly for synthetic-facts documents, through the
     Teacher API (``generate``), so the augmentation pipeline is tested without an LLM.
 
     Local: a parent or comparison sentence gives its rephrasing and its reversal. Global: grandparent facts from
@@ -265,8 +250,6 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
     every training document in context (``icl_accuracy*``; needs ``task_feature_lengths["inputs"]`` long enough
     for the documents, else they are truncated). A ``model_transform`` given here replaces ``train.model_transform``. Plain fine-tuning is ``local=False, global_=False, sentence_split=None``.
     """
-    import os
-
     from fiat_jax.data import synthetic
     from fiat_jax.methods import student
 
@@ -304,7 +287,8 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
     if not documents:
         raise UserError("augmented fine-tuning: no training documents")
     rows = augment_documents(documents, teacher=teacher, local=local, global_=global_,
-                             sentence_split=sentence_split, max_new_tokens=max_new_tokens)
+                             sentence_split=sentence_split, max_new_tokens=max_new_tokens,
+                             out_dir=os.path.join(model_dir, "augmentations"), task=task)
     if split_documents:
         texts = []
         for r in rows:

@@ -23,10 +23,12 @@ import gin
 import numpy as np
 
 from fiat_jax.errors import UserError
+from fiat_jax.teachers import materialise as materialise_lib
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLDS = (1.5, 3.5)
+DIFFICULTY_RECIPE = "difficulty"  # fiat_jax/teachers/recipes/difficulty.txt
 CONTROLS = ("none", "single", "random", "reversed")
 
 
@@ -58,6 +60,17 @@ def _score(example: Mapping[str, Any], score_key: str) -> float:
     if not math.isfinite(score):
         raise UserError(f"phased: example {example.get('id', '?')} has a non-finite score {value!r}")
     return score
+
+
+def score_difficulty(teacher: Any, examples: Sequence[Mapping[str, Any]], *, task: str, out_dir: str | None,
+                     score_key: str = "score") -> list[dict[str, Any]]:
+    """The examples with the teacher's difficulty score (1-5, recipe ``difficulty``) under ``score_key``,
+    materialised in ``out_dir/<task>/train.jsonl`` (a rerun asks nothing again): for data without scores."""
+    if any("id" not in ex for ex in examples):
+        raise UserError(f"phased: task {task} examples have no 'id' (needed to keep their difficulty scores)")
+    scores = materialise_lib.materialise(teacher, DIFFICULTY_RECIPE, examples, out_dir=out_dir, task=task,
+                                         what="difficulty").require_all(f"phased difficulty scoring of {task}")
+    return [dict(ex, **{score_key: float(scores[str(ex["id"])])}) for ex in examples]
 
 
 def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
@@ -267,12 +280,14 @@ def phased_method(*, model_dir: str, train_steps: int, task_feature_lengths: Map
                   num_eval_examples: int | None = 32, eval_split: str = "validation",
                   thresholds: Sequence[float] = DEFAULT_THRESHOLDS, control: str = "none",
                   steps_per_stage: int | Sequence[int] | None = None, score_key: str = "score", seed: int = 0,
-                  judge: Any = None, initial_params: Callable | None = None, model_transform: Callable | None = None,
+                  judge: Any = None, scorer: Any = None, initial_params: Callable | None = None, model_transform: Callable | None = None,
                   trainable: Any = None, eval_batch_size: int = 16, write_results: bool = True,
                   train_fn: Callable[..., Any] | None = None) -> dict[str, dict[str, float]]:
     """Phased instruction tuning end to end: stages from difficulty scores (checked before any training), stage
     after stage from the previous stage's parameters, then held-out log-likelihood (and win rate against the
-    reference responses when a ``judge`` teacher is bound)."""
+    reference responses when a ``judge`` teacher is bound). A ``scorer`` teacher scores the training examples'
+    difficulty first (:func:`score_difficulty`, materialised in ``MODEL_DIR/teacher_outputs``), for data without
+    scores."""
     from fiat_jax.methods import common, results as results_lib, student
 
     if train_fn is None:
@@ -284,6 +299,10 @@ def phased_method(*, model_dir: str, train_steps: int, task_feature_lengths: Map
                             f"{'MODEL_TRANSFORM' if hook == 'model_transform' else 'TRAINABLE'})")
     common.check_student(train_fn, "phased")
     train_ex = common.split_examples(mixture_or_task_name, "train", limit=num_train_examples)
+    if scorer is not None:
+        train_ex = {task: score_difficulty(scorer, rows, task=task, score_key=score_key,
+                                           out_dir=os.path.join(model_dir, "teacher_outputs"))
+                    for task, rows in train_ex.items()}
     examples = [ex for rows in train_ex.values() for ex in rows]
     stages = assign_stages(examples, thresholds=thresholds, score_key=score_key, control=control, seed=seed)
     eval_ex = common.split_examples(mixture_or_task_name, eval_split, limit=num_eval_examples)

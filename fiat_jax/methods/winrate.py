@@ -8,28 +8,15 @@ verdict, or "tie") is a tie counted half: win rate = (wins + ties / 2) / N - 0.5
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from fiat_jax.errors import UserError
+from fiat_jax.teachers import materialise as materialise_lib, recipes
 
-JUDGE_PROMPT = (
-    "You are comparing two responses to the same instruction. Decide which response follows the instruction "
-    "better (helpful, correct, complete). Reply with exactly one of: \"A\", \"B\" or \"tie\".\n\n"
-    "Instruction:\n{instruction}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\nBetter response:")
-
-_TIE = re.compile(r"\b(tie|equal|same)\b", re.IGNORECASE)
-_VERDICT = re.compile(r"\b([AB])\b")  # upper case only: "a" is usually the article
-
-
-def parse_verdict(text: str) -> str:
-    """The judge's verdict as "A", "B" or "tie" (the first of them in its reply; anything else is a tie)."""
-    text = (text or "").strip()
-    if _TIE.search(text):
-        return "tie"
-    match = _VERDICT.search(text)
-    return "tie" if match is None else match.group(1)
+# The judge's prompt is a recipe file (fiat_jax/teachers/recipes/judge_pairwise.txt); its verdict parser too.
+JUDGE_RECIPE = "judge_pairwise"
+parse_verdict = recipes.parse_verdict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +51,11 @@ def outcome(first_order: str, second_order: str) -> int:
 
 
 def pairwise_win_rate(judge: Any, instructions: Sequence[str], candidate: Sequence[str], baseline: Sequence[str],
-                      *, prompt: str = JUDGE_PROMPT, max_new_tokens: int = 8) -> tuple[WinRate, list[dict]]:
-    """Win rate of ``candidate`` responses against ``baseline`` ones, judged by ``judge.generate`` in both orders.
+                      *, recipe: str = JUDGE_RECIPE, max_new_tokens: int = 8, out_dir: str | None = None,
+                      task: str = "win_rate") -> tuple[WinRate, list[dict]]:
+    """Win rate of ``candidate`` responses against ``baseline`` ones, judged in both orders through
+    :func:`~fiat_jax.teachers.materialise.materialise` (``out_dir``: the verdicts materialised there; None: in
+    memory).
 
     Returns the totals and one record per instruction (both verdicts and the outcome).
     """
@@ -76,15 +66,17 @@ def pairwise_win_rate(judge: Any, instructions: Sequence[str], candidate: Sequen
                         f"{len(baseline)} baseline responses")
     if not instructions:
         raise UserError("win rate: nothing to compare")
-    prompts = []
-    for ins, c, b in zip(instructions, candidate, baseline):
-        prompts.append(prompt.format(instruction=ins, a=c, b=b))
-        prompts.append(prompt.format(instruction=ins, a=b, b=c))
-    replies = judge.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+    comparisons = []
+    for i, (ins, c, b) in enumerate(zip(instructions, candidate, baseline)):
+        comparisons.append({"id": f"{i}/candidate_first", "instruction": ins, "a": c, "b": b})
+        comparisons.append({"id": f"{i}/candidate_second", "instruction": ins, "a": b, "b": c})
+    verdicts = materialise_lib.materialise(
+        judge, recipe, comparisons, out_dir=out_dir, task=task, max_new_tokens=max_new_tokens,
+        replace_other=True, progress=False, what="win-rate judge").require_all("win rate")
     wins = ties = losses = 0
     records = []
     for i, ins in enumerate(instructions):
-        v1, v2 = parse_verdict(replies[2 * i]), parse_verdict(replies[2 * i + 1])
+        v1, v2 = verdicts[f"{i}/candidate_first"], verdicts[f"{i}/candidate_second"]
         o = outcome(v1, v2)
         wins += o == 1
         losses += o == -1
