@@ -7,7 +7,7 @@ import re
 import seqio
 
 from fiat_jax.data import metrics
-from fiat_jax.methods.examples import register_examples_task
+from fiat_jax.data.examples import register_examples_task
 
 TFL = {"inputs": 96, "targets": 8}
 

@@ -11,7 +11,7 @@ from fiat_jax.data import metrics as data_metrics
 from fiat_jax.errors import UserError
 from fiat_jax.methods import fiat as F
 from fiat_jax.methods import finetune, icl, run
-from fiat_jax.methods.examples import register_examples_task
+from fiat_jax.data.examples import register_examples_task
 import test_methods_helpers as MH
 from test_train_helpers import compilation_cache  # noqa: F401 (fixture)
 

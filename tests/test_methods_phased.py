@@ -11,7 +11,7 @@ import pytest
 from fiat_jax.errors import UserError
 from fiat_jax.methods import phased
 import test_methods_helpers as MH
-from fiat_jax.methods.examples import register_examples_task
+from fiat_jax.data.examples import register_examples_task
 from test_train_helpers import compilation_cache  # noqa: F401 (fixture)
 
 

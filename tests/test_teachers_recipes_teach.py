@@ -42,7 +42,7 @@ class ScriptedTeacher:
 def task():
     import seqio
 
-    from fiat_jax.methods.examples import register_examples_task
+    from fiat_jax.data.examples import register_examples_task
 
     rows = [{"id": f"d{i}", "inputs": text, "targets": "t"} for i, text in enumerate(
         ["x. A is B. C is D.", "xx RETRY", "xxx NEVER", "One sentence only"])]

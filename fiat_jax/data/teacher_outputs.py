@@ -1,4 +1,5 @@
-"""Read materialised teacher outputs and join them to task examples by ``id``.
+"""Read materialised teacher outputs (written by fiat_jax/teachers/materialise.py, the only writer) and join them
+to task examples by ``id``.
 
 Layout (docs/CONTRACTS.md, "Materialised teacher outputs"): ``<teacher_dir>/<task>/<split>.jsonl``, one JSON row
 per example: ``{"id", "task", "split", "recipe", "recipe_hash", "teacher", "output", ...}``. One file holds one

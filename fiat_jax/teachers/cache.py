@@ -153,8 +153,7 @@ class CachedTeacher:
 
     def generate_stream(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                         stop: Sequence[str] = ()) -> Iterator[tuple[int, str | base.Failure]]:
-        base.check_decoding(max_new_tokens, temperature)
-        stop = base.check_stop(stop)
+        stop = base.check_request(max_new_tokens, temperature, stop)
         keys = self.generate_keys(prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop)
         found = self.cache.get_many(keys)
         owners: dict[str, list[int]] = {}

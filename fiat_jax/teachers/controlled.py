@@ -138,8 +138,7 @@ class ControlledTeacher:
                               max_new_tokens: int, temperature: float = 0.0,
                               stop: Sequence[str] = ()) -> list[str]:
         del prompts  # the reasoning depends on the example only (documented: a simulation, not a reading)
-        base.check_decoding(max_new_tokens, temperature)
-        stop = base.check_stop(stop)
+        stop = base.check_request(max_new_tokens, temperature, stop)
         return [base.cut_at_stop(self.reasoning(ex), stop) for ex in examples]
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,

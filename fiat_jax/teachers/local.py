@@ -139,8 +139,7 @@ class LocalTeacher:
 
         from fiat_jax.models import decoding
 
-        base.check_decoding(max_new_tokens, temperature)
-        stop = base.check_stop(stop)
+        stop = base.check_request(max_new_tokens, temperature, stop)
         if not prompts:
             return
         pre, model = self._loaded()

@@ -122,8 +122,7 @@ class ReplayTeacher:
 
     def _replies(self, examples: Sequence[Mapping[str, Any] | None], prompts: Sequence[str], *,
                  max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[str]:
-        base.check_decoding(max_new_tokens, temperature)
-        stop = base.check_stop(stop)
+        stop = base.check_request(max_new_tokens, temperature, stop)
         out: list[str | None] = [self._lookup(ex, p) for ex, p in zip(examples, prompts)]
         missing = [i for i, o in enumerate(out) if o is None]
         if missing and self.fallback is None:
