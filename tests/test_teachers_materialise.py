@@ -125,6 +125,30 @@ def test_failures_are_reported_not_written_and_unparseable_replies_retried(tmp_p
     assert kept.outputs == {"x": ""} and not kept.failures  # an empty reply is an answer for augmentation
 
 
+class Rater:
+    identity = "rater"
+
+    def __init__(self):
+        self.asked = 0
+
+    def generate(self, prompts, *, max_new_tokens, temperature=0.0, stop=()):
+        self.asked += len(prompts)
+        return [f"Score: {1 + len(p) % 5}" for p in prompts]
+
+
+def test_phased_difficulty_scoring_is_materialised(tmp_path):
+    from fiat_jax.methods import phased
+
+    rows = [{"id": f"a{i}", "inputs": "x" * i, "targets": "y"} for i in range(4)]
+    t = Rater()
+    scored = phased.score_difficulty(t, rows, task="alpaca", out_dir=str(tmp_path))
+    assert [r["id"] for r in scored] == ["a0", "a1", "a2", "a3"] and all(1 <= r["score"] <= 5 for r in scored)
+    assert {r["id"]: r["score"] for r in _rows(tmp_path / "alpaca" / "train.jsonl")} == {
+        r["id"]: r["score"] for r in scored}
+    assert phased.score_difficulty(t, rows, task="alpaca", out_dir=str(tmp_path)) == scored and t.asked == 4
+    assert phased.assign_stages(scored, thresholds=(3.0,), allow_empty=True)  # ready for the stages
+
+
 # ---- source checks ---------------------------------------------------------------------------------------------
 
 _WRITES = {"write_text", "write_bytes", "write_jsonl", "atomic_write_lines", "Appender"}
