@@ -48,3 +48,10 @@ def test_phased_table_pairs_phased_with_each_ordering_on_items():
     assert re.search(r"\| \+0\.(09|10)\d* \[", one_off) and "< 0.001" in one_off, one_off
     assert "< 0.001" not in reversed_, reversed_
     assert table[2].startswith("| Phased IFT (easy → hard)") and "| 25.0 [" in table[2] and "| – |" in reversed_
+
+
+def test_phased_table_without_judge_has_no_win_rate_column():
+    rows = [_row(m, s, [-1.0 - s, -2.0, -3.0 + 0.1 * (m == "Phased IFT")]) for m in evidence_phased.ORDER
+            for s in range(2)]
+    table = evidence_phased.phased_table(rows)
+    assert "win rate" not in table.lower() and table.splitlines()[0].count("|") == 5
