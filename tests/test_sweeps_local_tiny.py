@@ -59,8 +59,7 @@ def test_local_tiny_sweep_runs_to_the_end(name, tmp_path, repo_root):
     with open(out / "summary.csv", newline="") as f:
         cells = list(csv.DictReader(f))
     with_interval = [c for c in cells if c["ci95_low"] not in ("", "nan") and math.isfinite(float(c["ci95_low"]))]
-    # Phased runs record no per-item scores yet: with CI's one seed their cells have no interval to check.
-    assert with_interval or name.startswith("phased_"), cells[:5]
+    assert with_interval, cells[:5]
     for cell in with_interval:
         low, high = float(cell["ci95_low"]), float(cell["ci95_high"])
         assert low <= float(cell["mean"]) <= high, cell

@@ -262,13 +262,17 @@ def mean_log_likelihood(targets: Sequence[Any], scores: Sequence[float]) -> dict
     return {"log_likelihood": float(np.mean(scores)) if len(scores) else float("nan")}
 
 
-def win_rate_metric(judge: Any, instructions: Sequence[str]) -> Callable[..., dict[str, float]]:
-    """A seqio predict metric: the student's responses against the reference responses, judged both ways."""
+def win_rate_metric(judge: Any, instructions: Sequence[str],
+                    outcomes: list[int] | None = None) -> Callable[..., dict[str, float]]:
+    """A seqio predict metric: the student's responses against the reference responses, judged both ways.
+    ``outcomes`` (if given) receives each item's +1 / 0 / -1, for per-item win-rate scores."""
     from fiat_jax.methods.winrate import pairwise_win_rate
 
     def win_rate(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
-        totals, _ = pairwise_win_rate(judge, list(instructions)[:len(predictions)],
-                                      [str(p) for p in predictions], [str(t) for t in targets])
+        totals, records = pairwise_win_rate(judge, list(instructions)[:len(predictions)],
+                                            [str(p) for p in predictions], [str(t) for t in targets])
+        if outcomes is not None:
+            outcomes[:] = [int(r["outcome"]) for r in records]
         return totals.as_dict()
 
     return win_rate
@@ -280,15 +284,18 @@ def phased_method(*, model_dir: str, train_steps: int, task_feature_lengths: Map
                   num_eval_examples: int | None = 32, eval_split: str = "validation",
                   thresholds: Sequence[float] = DEFAULT_THRESHOLDS, control: str = "none",
                   steps_per_stage: int | Sequence[int] | None = None, score_key: str = "score", seed: int = 0,
-                  judge: Any = None, scorer: Any = None, initial_params: Callable | None = None, model_transform: Callable | None = None,
+                  judge: Any = None, num_judge_examples: int | None = None, scorer: Any = None,
+                  initial_params: Callable | None = None, model_transform: Callable | None = None,
                   trainable: Any = None, eval_batch_size: int = 16, write_results: bool = True,
                   train_fn: Callable[..., Any] | None = None) -> dict[str, dict[str, float]]:
     """Phased instruction tuning end to end: stages from difficulty scores (checked before any training), stage
-    after stage from the previous stage's parameters, then held-out log-likelihood (and win rate against the
-    reference responses when a ``judge`` teacher is bound). A ``scorer`` teacher scores the training examples'
-    difficulty first (:func:`score_difficulty`, materialised in ``MODEL_DIR/teacher_outputs``), for data without
-    scores."""
-    from fiat_jax.methods import common, results as results_lib, student
+    after stage from the previous stage's parameters, then held-out response log-likelihood per token and per
+    response, item by item (:mod:`fiat_jax.methods.heldout`), and, when a ``judge`` teacher is bound, the win
+    rate of greedy responses against the reference ones on the first ``num_judge_examples`` held-out items (all
+    when None; generation and judging are the costly part of the evaluation). A ``scorer`` teacher scores the
+    training examples' difficulty first (:func:`score_difficulty`, materialised in ``MODEL_DIR/teacher_outputs``),
+    for data without scores."""
+    from fiat_jax.methods import common, heldout, results as results_lib, student
 
     if train_fn is None:
         from fiat_jax.train.trainer import train as train_fn
@@ -307,23 +314,36 @@ def phased_method(*, model_dir: str, train_steps: int, task_feature_lengths: Map
     stages = assign_stages(examples, thresholds=thresholds, score_key=score_key, control=control, seed=seed)
     eval_ex = common.split_examples(mixture_or_task_name, eval_split, limit=num_eval_examples)
     eval_rows = [{"inputs": ex["inputs"], "targets": ex["targets"]} for rows in eval_ex.values() for ex in rows]
+    eval_ids = [str(ex.get("id") or f"item{i}") for i, ex in enumerate(ex for rows in eval_ex.values() for ex in rows)]
     if steps_per_stage is None:
         steps_per_stage = proportional_steps(int(train_steps), [len(s.examples) for s in stages])
-    metric_fns: list[Callable] = [mean_log_likelihood]
-    if judge is not None:
-        metric_fns.append(win_rate_metric(judge, [r["inputs"] for r in eval_rows]))
     _log.info("phased: %s", ", ".join(f"{s.label}: {len(s.examples)}" for s in stages))
     model, records = train_stages(
         stages, model_dir=model_dir, steps_per_stage=steps_per_stage, train_fn=train_fn,
         to_row=lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]}, model_transform=model_transform,
         trainable=trainable, task_feature_lengths=task_feature_lengths, initial_params=initial_params,
         eval_fn=None, register_tasks=None)
-    metrics = {mixture_or_task_name: student.evaluate_rows(
-        model, name="phased_eval", rows=eval_rows, metric_fns=metric_fns, postprocess_fn=None,
-        task_feature_lengths=task_feature_lengths, batch_size=eval_batch_size,
-        predictions_dir=os.path.join(model_dir, "predictions"))}
+    # Held-out responses scored by the trained student, item by item (no decoding: cheap and judge-free).
+    scored = heldout.score_responses(model, [dict(r, id=i) for r, i in zip(eval_rows, eval_ids)],
+                                     task_feature_lengths=task_feature_lengths, batch_size=eval_batch_size,
+                                     name="phased_heldout")
+    task_metrics = {heldout.METRIC: scored.per_token, "log_likelihood": scored.per_response}
+    items = {heldout.METRIC: heldout.item_entry(scored.ids, scored.item_values()),
+             "log_likelihood": heldout.item_entry(scored.ids, scored.sums)}
+    if judge is not None:
+        judged = eval_rows[:num_judge_examples] if num_judge_examples is not None else eval_rows
+        outcomes: list[int] = []
+        task_metrics.update(student.evaluate_rows(
+            model, name="phased_eval", rows=judged, postprocess_fn=None,
+            metric_fns=[win_rate_metric(judge, [r["inputs"] for r in judged], outcomes)],
+            task_feature_lengths=task_feature_lengths, batch_size=eval_batch_size,
+            predictions_dir=os.path.join(model_dir, "predictions")))
+        if len(outcomes) == len(judged):  # per item: +0.5 win, 0 tie, -0.5 loss (their mean is the win rate)
+            items["win_rate"] = heldout.item_entry(eval_ids[:len(judged)], [o / 2 for o in outcomes])
+    metrics = {mixture_or_task_name: task_metrics}
     if write_results:
         results_lib.write_results(model_dir, metrics=metrics, method="phased_ift", control=control,
-                                  thresholds=list(thresholds),
+                                  thresholds=list(thresholds), item_scores={mixture_or_task_name: items},
+                                  eval_response_tokens=sum(scored.tokens), eval_items=len(eval_rows),
                                   stages=[dataclasses.asdict(r) for r in records])
     return metrics

@@ -3,7 +3,8 @@
 Per task and training-set size, a table in the layout of FIAT's Table 2: one row per method (and model variant),
 one column per metric, each cell the mean over seeds of the mean over languages, with a 95% bootstrap interval
 over seeds and evaluation items (:mod:`fiat_jax.sweeps.stats`), kept inside the metric's range. Then every method
-against its baseline (FIAT vs FT and ICL, augmented vs plain FT, phased vs one-off, each ablation vs full FIAT):
+against its baseline (FIAT vs FT and ICL, augmented vs plain FT, phased vs one-off, random and reversed phases,
+each ablation vs full FIAT):
 the paired difference on the same seeds and items, its interval and a permutation p-value. Per-language tables,
 cost (student tokens and FLOPs, teacher calls, wall time), scale curves with bands, ablation bars, failed or
 missing runs with their logs, provenance, and any results file that lacks a field follow.
@@ -369,7 +370,7 @@ def language_tables(summary: Summary) -> list[Table]:
 
 def _role(row: Mapping[str, Any]) -> str:
     """What a run is, for choosing its baseline: icl, ft, fiat, fiat_ablation, aug_plain, aug, phased,
-    phased_one_off, or other."""
+    phased_one_off, phased_control (random or reversed phases), or other."""
     extra = row.get("extra") or {}
     kind = str(extra.get("method") or row.get("method") or "").lower()
     if kind == "icl":
@@ -381,12 +382,16 @@ def _role(row: Mapping[str, Any]) -> str:
     if kind == "augmented_ft":
         return "aug" if extra.get("local") or extra.get("global_") else "aug_plain"
     if kind.startswith("phased"):
-        return "phased_one_off" if extra.get("control") == "single" else "phased"
+        control = extra.get("control")
+        return {"single": "phased_one_off", "random": "phased_control", "reversed": "phased_control"}.get(
+            control, "phased")
     return "other"
 
 
+# Phased IFT (easy to hard) against each control: one-off, random phases, hard to easy.
 _BASELINES = {"fiat": ("ft", "icl"), "fiat_ablation": ("fiat",), "aug": ("aug_plain", "ft", "icl"),
-              "aug_plain": ("icl",), "phased": ("phased_one_off", "ft")}
+              "aug_plain": ("icl",), "phased": ("phased_one_off", "phased_control", "ft"),
+              "phased_control": ("phased_one_off",)}
 
 
 def baseline_pairs(rows: Sequence[Mapping[str, Any]], plan: Mapping[str, Any]) -> list[tuple[str, str]]:
