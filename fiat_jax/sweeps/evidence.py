@@ -128,8 +128,7 @@ def augmented_table(rows: Sequence[Mapping[str, Any]]) -> str:
     then each method's paired difference from plain FT on reversals and on syllogisms."""
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
     models = list(dict.fromkeys(str((r.get("params") or {}).get("MODEL", "")) for r in rows))
-    seeds = sorted({int(r.get("seed") or 0) for r in rows})
-    header = (["student", "method", "teacher"] + [name for _, name in AUGMENTED_KINDS]
+    header = (["student", "method", "teacher", "seeds"] + [name for _, name in AUGMENTED_KINDS]
               + ["reversal − FT", "syllogism − FT"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model in models:
@@ -142,10 +141,13 @@ def augmented_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 item_cell(rows, method, f"accuracy_{kind}", model=model),
                 item_cell(rows, AUGMENTED_BASELINE, f"accuracy_{kind}", model=model)))
                 for kind in ("reversal", "two_hop")]
-            lines.append("| " + " | ".join([model, method, _teacher_label(rows, method)] + cells + diffs) + " |")
+            n = len({int(r.get("seed") or 0) for r in rows
+                     if r["method"] == method and (r.get("params") or {}).get("MODEL", "") == model})
+            lines.append("| " + " | ".join([model, method, _teacher_label(rows, method), str(n)] + cells + diffs)
+                         + " |")
     lines.append("")
-    lines.append(f"Accuracy (%) by multiple-choice likelihood, mean over {len(seeds)} seeds (each seed its own "
-                 f"world) [95% bootstrap interval over seeds and items]; chance {synthetic_chance():.1f}. "
+    lines.append("Accuracy (%) by multiple-choice likelihood, mean over seeds (each seed its own world) [95% "
+                 f"bootstrap interval over seeds and items]; chance {synthetic_chance():.1f}. "
                  "Differences are paired on (seed, item), p from a two-sided sign-flip permutation test.")
     return "\n".join(lines)
 
