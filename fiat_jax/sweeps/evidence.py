@@ -152,14 +152,36 @@ def augmented_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def teacher_quality_table(directory: str | pathlib.Path) -> str:
+    """What each teacher wrote as augmentations, scored against the synthetic world
+    (``teacher_quality_*.json`` beside the results, from ``python -m fiat_jax.sweeps.augment_quality``)."""
+    files = sorted(pathlib.Path(directory).glob("teacher_quality_*.json"))
+    if not files:
+        return ""
+    lines = ["| teacher | documents (4 facts each) | statements | true in the world | false | reversals "
+             "(share of statements) | reversals of the documents' facts written |", "|---|---|---|---|---|---|---|"]
+    for path in files:
+        q = json.loads(path.read_text())
+        name = "rule-based (simulated)" if str(q["teacher"]).startswith("rule-based") else str(q["teacher"])
+        pct = lambda key: stats.format_number(float(q[key]), percent=True)
+        lines.append(f"| {name} | {q['documents']} | {q['statements']} | {pct('true_pct')} % | {pct('false_pct')} % "
+                     f"| {pct('reversal_pct')} % | {pct('reversal_coverage_pct')} % of {q['reversals_possible']} |")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Sequence[Mapping[str, Any]]], str]] = {"augmented": augmented_table}
+EXTRA_TABLES: dict[str, Callable[[pathlib.Path], str]] = {"augmented": teacher_quality_table}
 
 
 def table(paper: str, results: str | pathlib.Path | None = None) -> str:
-    """The README table of ``paper`` from its shipped results (default ``evidence/<paper>/results.jsonl``)."""
+    """The README table(s) of ``paper`` from its shipped results (default ``evidence/<paper>/results.jsonl``)."""
     if paper not in TABLES:
         raise UserError(f"evidence: no table for paper {paper!r}; have {sorted(TABLES)}")
-    return TABLES[paper](read_rows(results or ROOT / "evidence" / paper / "results.jsonl"))
+    path = pathlib.Path(results or ROOT / "evidence" / paper / "results.jsonl")
+    parts = [TABLES[paper](read_rows(path))]
+    if paper in EXTRA_TABLES:
+        parts.append(EXTRA_TABLES[paper](path.parent))
+    return "\n\n".join(p for p in parts if p)
 
 
 def markers(paper: str) -> tuple[str, str]:
