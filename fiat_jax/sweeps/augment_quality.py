@@ -2,7 +2,7 @@
 that are true in the world, and the share of the world's reversals it produced (why an LLM teacher helps the
 student, or does not). The synthetic world knows its facts (fiat_jax/data/synthetic.py), so both are exact.
 
-    python -m fiat_jax.sweeps.augment_quality --teacher=local --documents=2 --out=evidence/augmented/teacher_quality.json
+    python -m fiat_jax.sweeps.augment_quality --teacher=local --documents=2 --out=evidence/augmented/x.json
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fiat_jax.data import synthetic
 from fiat_jax.errors import UserError
+from fiat_jax.methods import augmentation, run
 
 _SPACE = re.compile(r"\s+")
 
@@ -32,9 +34,6 @@ def world_statements(data: Any, language: str = "en") -> tuple[set[str], set[str
     reversal, the inferences from all of them together (the exact rule-based augmenter over the whole world) and
     every item's correct statement (held-out facts included); reversal: the reversals of the written facts;
     false: every item's question completed with a wrong option."""
-    from fiat_jax.data import synthetic
-    from fiat_jax.methods import augmentation
-
     rules = augmentation.RuleBasedAugmenter(language)
     sentences = [s for d in data.documents if d["language"] == language
                  for s in augmentation.split_sentences(d["text"])]
@@ -60,8 +59,6 @@ def quality(rows: Sequence[Mapping[str, Any]], data: Any, *, language: str = "en
     :func:`fiat_jax.methods.augmentation.augment_documents` writes them): true, known false (an item's question
     with a wrong option), and true reversals; and the reversal coverage: the share of the reversals of the facts
     in ``documents`` (default: the whole world) that the teacher wrote."""
-    from fiat_jax.methods import augmentation
-
     true, _, false = world_statements(data, language)
     rules = augmentation.RuleBasedAugmenter(language)
     wanted = {normalise(x) for d in (documents or data.documents) for s in augmentation.split_sentences(d["text"])
@@ -79,9 +76,6 @@ def measure(*, teacher: Any, seed: int = 0, documents: int = 2, facts_per_docume
             language: str = "en", max_new_tokens: int = 96) -> dict[str, Any]:
     """Augment the first ``documents`` documents of world ``seed`` with ``teacher`` (local and global), and
     score what it wrote."""
-    from fiat_jax.data import synthetic
-    from fiat_jax.methods import augmentation
-
     data = synthetic.generate(seed=seed, languages=(language,), facts_per_document=facts_per_document)
     docs = data.documents[:documents]
     if not docs:
@@ -99,13 +93,10 @@ def measure(*, teacher: Any, seed: int = 0, documents: int = 2, facts_per_docume
 
 def _teacher(name: str) -> Any:
     if name == "rule-based":
-        from fiat_jax.methods import augmentation
-
-        return augmentation.RuleBasedAugmenter()
+            return augmentation.RuleBasedAugmenter()
     if name == "local":
-        from fiat_jax.teachers import local
-
-        return local.local_teacher()
+        # Named, not imported here: the JAX teacher loads only when asked for.
+        return run.lazy_call(target="fiat_jax.teachers.local:local_teacher")
     raise UserError(f"augment quality: teacher {name!r}: choose rule-based (simulated) or local (SmolLM2-135M)")
 
 

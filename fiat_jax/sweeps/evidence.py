@@ -17,6 +17,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from fiat_jax.data import synthetic
 from fiat_jax.errors import UserError
 from fiat_jax.sweeps import stats
 
@@ -43,8 +46,6 @@ def item_cell(rows: Sequence[Mapping[str, Any]], method: str, metric: str, *, mo
     """``{seed: {task: per-item scores}}`` of one method's runs, and the item ids per seed (for pairing).
 
     Runs whose per-item scores are missing fall back to their run-level metric (one value per seed)."""
-    import numpy as np
-
     cell: Cell = {}
     ids: dict[int, list[str]] = {}
     for row in rows:
@@ -67,8 +68,6 @@ def item_cell(rows: Sequence[Mapping[str, Any]], method: str, metric: str, *, mo
 
 def paired(a: tuple[Cell, dict], b: tuple[Cell, dict]) -> stats.Comparison | None:
     """``a - b`` on the (seed, item) pairs both scored (items matched by id), else on seed-level means."""
-    import numpy as np
-
     (cell_a, ids_a), (cell_b, ids_b) = a, b
     out_a: Cell = {}
     out_b: Cell = {}
@@ -109,8 +108,6 @@ AUGMENTED_BASELINE = "FT"
 
 def synthetic_chance() -> float:
     """Accuracy of a uniform guess on the synthetic items (100 / options per item), from the generator."""
-    from fiat_jax.data import synthetic
-
     items = synthetic.generate(seed=0, languages=("en",)).items
     return 100.0 * sum(1.0 / len(i["options"]) for i in items) / len(items)
 
