@@ -8,12 +8,19 @@ PYTEST_ARGS ?=
 # pytest-xdist workers: one per core of the 2-core reference machine (each worker holds 8 fake CPU devices).
 TEST_WORKERS ?= 2
 RUN_GIN ?= runs/quickstart.gin
+# `make evidence PAPER=augmented|fiat|phased` (default: all three, one after another): each paper's sweep
+# (gin_configs/evidence/<paper>.gin, resumable: rerun to continue), its report, and the shipped copy of its
+# results in evidence/<paper>/ (results.jsonl, report.md, time.txt = wall and CPU time of the sweep), then the
+# README's Evidence table re-derived from it (python -m fiat_jax.sweeps.evidence <paper> --write).
+PAPER ?= augmented fiat phased
+EVIDENCE_RUNS ?= evidence_runs
 
-.PHONY: install run test test-fast bench clean help
+.PHONY: install run test test-fast bench evidence clean help
 
 help:
 	@echo "make run    - install (first time) and run the quickstart end to end on the embedded model"
 	@echo "make test   - install (first time) and run the default test suite"
+	@echo "make evidence - each paper's evidence sweep + report into evidence/<paper>/ (PAPER=augmented|fiat|phased)"
 	@echo "make install | make bench | make test-fast (skips tests marked slow) | make clean"
 
 $(STAMP): setup.py Makefile
@@ -38,6 +45,17 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+evidence: $(STAMP)
+	@set -e; for p in $(PAPER); do \
+	  mkdir -p $(EVIDENCE_RUNS)/$$p evidence/$$p; \
+	  /usr/bin/time -v -o $(EVIDENCE_RUNS)/$$p/time.txt \
+	    $(BIN)/fiat sweep --gin_file=evidence/$$p.gin --gin.SWEEP_DIR=$(EVIDENCE_RUNS)/$$p; \
+	  $(BIN)/fiat report $(EVIDENCE_RUNS)/$$p; \
+	  cp $(EVIDENCE_RUNS)/$$p/results.jsonl $(EVIDENCE_RUNS)/$$p/report/report.md evidence/$$p/; \
+	  grep -E "Elapsed|User time|System time" $(EVIDENCE_RUNS)/$$p/time.txt > evidence/$$p/time.txt; \
+	  $(BIN)/python -m fiat_jax.sweeps.evidence $$p --write; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,7 +1,7 @@
 """The README's phased instruction tuning evidence table, derived from the shipped sweep results
 (``evidence/phased/results.jsonl``), so the README shows exactly what the shipped command produces.
 
-    python -m fiat_jax.sweeps.evidence_phased evidence/phased/results.jsonl
+    python -m fiat_jax.sweeps.evidence phased          # print it (--write: into the README, --check: compare)
 
 One row per ordering: held-out response log-likelihood per token (nats; higher is better) with its bootstrap
 interval over seeds and items, Phased IFT (easy to hard) minus that ordering paired on (seed, item) with its
@@ -11,12 +11,11 @@ SmolLM2-135M-Instruct (secondary). Statistics are :mod:`fiat_jax.sweeps.stats`',
 
 from __future__ import annotations
 
-import json
 import math
-import pathlib
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from fiat_jax.errors import UserError
 from fiat_jax.sweeps import stats
@@ -30,19 +29,6 @@ LL = "log_likelihood_per_token"
 WIN = "win_rate"
 
 
-def read_rows(path: str | pathlib.Path) -> list[dict[str, Any]]:
-    """The sweep's rows, the last one per run (a rerun replaces an earlier row)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such results file (run the phased evidence sweep first)")
-    rows: dict[str, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[str(row.get("config_hash") or row.get("run_id"))] = row
-    return list(rows.values())
-
-
 def _items(row: Mapping[str, Any], metric: str) -> dict[str, float] | None:
     """``{item id: score}`` of one run's metric, from its per-item scores (None when it has none)."""
     for by_metric in ((row.get("extra") or {}).get("item_scores") or {}).values():
@@ -54,8 +40,6 @@ def _items(row: Mapping[str, Any], metric: str) -> dict[str, float] | None:
 
 def cells(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[str, dict[int, dict[str, Any]]]:
     """``{method: {seed: {"all": scores}}}`` on the items every run of the metric scored, in one order."""
-    import numpy as np
-
     scored = [(row, _items(row, metric)) for row in rows]
     scored = [(row, items) for row, items in scored if items]
     if not scored:
@@ -114,12 +98,3 @@ def phased_table(rows: Sequence[Mapping[str, Any]]) -> str:
         lines.append(f"Win rate: (wins + ties / 2) / n − 50 %, judged by SmolLM2-135M-Instruct in both orders "
                      f"(secondary: a 135M judge).")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    print(phased_table(read_rows(args[0] if args else "evidence/phased/results.jsonl")))
-
-
-if __name__ == "__main__":
-    main()
