@@ -103,3 +103,10 @@ def test_evidence_sweep_plans_the_q_axis_with_the_simulated_teacher():
     assert {r.seed for r in runs} == {0, 1, 2} and {r.params["NUM_TRAIN_EXAMPLES"] for r in runs} == {80}
     assert {"ICL (embedded teacher)", "FT (LoRA)", "FIAT", "FIAT w/o reasoning", "FIAT w/o instruction",
             "FIAT reasoning as target", "FIAT full FT"} <= {r.method for r in runs}
+
+
+def test_a_single_run_level_number_shows_no_interval():
+    row = _row("FT (LoRA)", "finetune_lora", 0, [0, 100], ids=["a", "b"])
+    row["extra"]["item_scores"] = {}
+    line = evidence_fiat.evidence_table([row]).splitlines()[-1]
+    assert "| 1 × 1 | 50.0 [–, –] |" in line and "nan" not in line

@@ -135,11 +135,16 @@ def _teacher_cell(rows: Sequence[Mapping[str, Any]]) -> str:
     return ", ".join(re.sub(r":seed=\d+$", "", n) for n in names)
 
 
+def _pp(value: float, sign: str = "") -> str:
+    """One decimal (``sign="+"``: always signed); "–" for a missing number (one run: no interval)."""
+    return "–" if value is None or not math.isfinite(value) else f"{value:{sign}.1f}"
+
+
 def _fmt_comp(comp: stats.Comparison | None) -> str:
     if comp is None:
         return "–"
     d = comp.diff
-    return f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}], p {stats.format_p(comp.p_value)}"
+    return f"{_pp(d.mean, '+')} [{_pp(d.low, '+')}, {_pp(d.high, '+')}], p {stats.format_p(comp.p_value)}"
 
 
 def evidence_table(rows: Sequence[Mapping[str, Any]], *, metric: str = METRIC) -> str:
@@ -162,8 +167,8 @@ def evidence_table(rows: Sequence[Mapping[str, Any]], *, metric: str = METRIC) -
         vs_icl = "–" if m == icl or icl is None else _fmt_comp(compare(cell, cells[icl]))
         teacher = _teacher_cell(by_method[m])
         label = f"{m} *(simulated)*" if teacher.startswith(SIMULATED) and "simulated" not in m.lower() else m
-        lines.append(f"| {label} | {teacher} | {est.seeds} × {items} | {est.mean:.1f} [{est.low:.1f}, "
-                     f"{est.high:.1f}] | {vs_ft} | {vs_icl} |")
+        lines.append(f"| {label} | {teacher} | {est.seeds} × {items} | {_pp(est.mean)} [{_pp(est.low)}, "
+                     f"{_pp(est.high)}] | {vs_ft} | {vs_icl} |")
     return "\n".join(lines)
 
 
