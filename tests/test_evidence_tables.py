@@ -14,7 +14,7 @@ import pytest
 from fiat_jax.sweeps import augment_quality, evidence, evidence_phased
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PAPERS = ["augmented", "phased"]
+PAPERS = ["augmented", "fiat", "phased"]
 
 
 @pytest.mark.parametrize("paper", PAPERS)

@@ -21,24 +21,12 @@ import numpy as np
 
 from fiat_jax.data import synthetic
 from fiat_jax.errors import UserError
-from fiat_jax.sweeps import evidence_phased, stats
+from fiat_jax.sweeps.results_rows import read_rows
+from fiat_jax.sweeps import evidence_fiat, evidence_phased, stats
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BOUNDS = (0.0, 100.0)
 Cell = dict  # {seed: {"en": numpy array of per-item scores}}
-
-
-def read_rows(path: str | pathlib.Path) -> list[dict[str, Any]]:
-    """Rows of a results.jsonl, the last one per config hash (as ``fiat report`` reads them)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise UserError(f"evidence: no results file {path} (run `make evidence` first)")
-    rows: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text().splitlines()):
-        if line.strip():
-            row = json.loads(line)
-            rows[str(row.get("config_hash") or row.get("run_id") or number)] = row
-    return list(rows.values())
 
 
 def item_cell(rows: Sequence[Mapping[str, Any]], method: str, metric: str, *, model: str | None = None
@@ -167,7 +155,8 @@ def teacher_quality_table(directory: str | pathlib.Path) -> str:
 
 
 TABLES: dict[str, Callable[[Sequence[Mapping[str, Any]]], str]] = {"augmented": augmented_table,
-                                                                   "phased": evidence_phased.phased_table}
+                                                                   "phased": evidence_phased.phased_table,
+                                                                   "fiat": evidence_fiat.evidence_table}
 EXTRA_TABLES: dict[str, Callable[[pathlib.Path], str]] = {"augmented": teacher_quality_table}
 
 
