@@ -177,7 +177,7 @@ def train_stages(stages: Sequence[Stage], *, model_dir: str, steps_per_stage: Se
     """
     from flax import nnx
 
-    from fiat_jax.methods.examples import register_examples_task
+    from fiat_jax.methods.examples import examples_task
     from fiat_jax.train import optimizers
 
     if trainable is None:
@@ -196,16 +196,8 @@ def train_stages(stages: Sequence[Stage], *, model_dir: str, steps_per_stage: Se
         splits = {"train": [to_row(ex) for ex in stage.examples]}
         if eval_rows:
             splits["validation"] = list(eval_rows)
-        register_examples_task(name, splits, metric_fns=metric_fns)
+        task = examples_task(name, splits, metric_fns=metric_fns)
         stage_dir = os.path.join(model_dir, f"stage_{position + 1}")
-        seen: dict[str, str] = {}
-        base = chain_transform(model_transform, previous_state, trainable)
-
-        def recording_transform(m, _base=base, _seen=seen):
-            m = _base(m)
-            _seen["digest"] = params_digest(nnx.state(m, trainable))
-            return m
-
         resumed = os.path.isdir(os.path.join(stage_dir, "checkpoints"))
 
         def optimizer(_n=n_steps):
@@ -213,10 +205,11 @@ def train_stages(stages: Sequence[Stage], *, model_dir: str, steps_per_stage: Se
             return optimizers.make_optimizer(schedule=optimizers.learning_rate_schedule(total_steps=_n))
 
         _log.info("phased: %s, %d examples, %d steps", stage.label, len(stage.examples), n_steps)
-        result = train_fn(model_dir=stage_dir, train_steps=n_steps, mixture_or_task_name=name,
-                          model_transform=recording_transform, trainable=trainable, optimizer=optimizer,
-                          **train_kwargs)
-        start = seen.get("digest", "")
+        # The trainable state as built (after the chained transform) comes back with the result.
+        result = train_fn(model_dir=stage_dir, train_steps=n_steps, mixture_or_task_name=name, task=task,
+                          model_transform=chain_transform(model_transform, previous_state, trainable),
+                          trainable=trainable, optimizer=optimizer, keep_initial_trainable=True, **train_kwargs)
+        start = params_digest(result.initial_trainable) if result.initial_trainable is not None else ""
         if previous_digest is not None and not resumed and start != previous_digest:
             raise AssertionError(f"phased: {name} did not start from the previous stage's final parameters")
         model = result.model
@@ -262,46 +255,54 @@ def win_rate_metric(judge: Any, instructions: Sequence[str]) -> Callable[..., di
 
 
 @gin.configurable(denylist=["train_fn"])
-def phased_method(*, model_dir: str, train_steps: int, task_feature_lengths: Mapping[str, int],
+def phased_method(*, model_dir: str, train_steps: int | None = None,
+                  task_feature_lengths: Mapping[str, int] | None = None,
                   mixture_or_task_name: str = "alpaca_scored", num_train_examples: int | None = None,
                   num_eval_examples: int | None = 32, eval_split: str = "validation",
                   thresholds: Sequence[float] = DEFAULT_THRESHOLDS, control: str = "none",
                   steps_per_stage: int | Sequence[int] | None = None, score_key: str = "score", seed: int = 0,
                   judge: Any = None, initial_params: Callable | None = None, model_transform: Callable | None = None,
                   trainable: Any = None, eval_batch_size: int = 16, write_results: bool = True,
-                  train_fn: Callable[..., Any] | None = None) -> dict[str, dict[str, float]]:
+                  train_fn: Callable[..., Any] | None = None, student: Any = None) -> dict[str, dict[str, float]]:
     """Phased instruction tuning end to end: stages from difficulty scores (checked before any training), stage
     after stage from the previous stage's parameters, then held-out log-likelihood (and win rate against the
-    reference responses when a ``judge`` teacher is bound)."""
-    from fiat_jax.methods import common, results as results_lib, student
+    reference responses when a ``judge`` teacher is bound). ``student`` (a ``StudentSpec``) replaces the student's
+    keyword arguments when given."""
+    from fiat_jax.methods import common, results as results_lib
+    from fiat_jax.methods import student as student_lib
+    from fiat_jax.train import trainer
 
-    if train_fn is None:
-        from fiat_jax.train.trainer import train as train_fn
-    for hook, value in (("model_transform", model_transform), ("trainable", trainable)):
-        if value is None and common.gin_bound(f"train.{hook}"):
+    spec = student or student_lib.StudentSpec.of(
+        train_steps=common.require(train_steps, "train_steps", "phased"), task_feature_lengths=task_feature_lengths,
+        train_fn=train_fn, initial_params=initial_params, model_transform=model_transform, trainable=trainable,
+        eval_batch_size=eval_batch_size)
+    hooks = spec.hooks()
+    for hook in ("model_transform", "trainable"):
+        if hook not in hooks and trainer.binds(hook):
             raise UserError(f"phased: train.{hook} is bound in gin but phased_method.{hook} is not; stages chain "
                             f"the trainable parameters, so bind it on phased_method (macro "
                             f"{'MODEL_TRANSFORM' if hook == 'model_transform' else 'TRAINABLE'})")
-    common.check_student(train_fn, "phased")
+    spec.check("phased")
     train_ex = common.split_examples(mixture_or_task_name, "train", limit=num_train_examples)
     examples = [ex for rows in train_ex.values() for ex in rows]
     stages = assign_stages(examples, thresholds=thresholds, score_key=score_key, control=control, seed=seed)
     eval_ex = common.split_examples(mixture_or_task_name, eval_split, limit=num_eval_examples)
     eval_rows = [{"inputs": ex["inputs"], "targets": ex["targets"]} for rows in eval_ex.values() for ex in rows]
     if steps_per_stage is None:
-        steps_per_stage = proportional_steps(int(train_steps), [len(s.examples) for s in stages])
+        steps_per_stage = proportional_steps(int(spec.train_steps), [len(s.examples) for s in stages])
     metric_fns: list[Callable] = [mean_log_likelihood]
     if judge is not None:
         metric_fns.append(win_rate_metric(judge, [r["inputs"] for r in eval_rows]))
     _log.info("phased: %s", ", ".join(f"{s.label}: {len(s.examples)}" for s in stages))
     model, records = train_stages(
-        stages, model_dir=model_dir, steps_per_stage=steps_per_stage, train_fn=train_fn,
-        to_row=lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]}, model_transform=model_transform,
-        trainable=trainable, task_feature_lengths=task_feature_lengths, initial_params=initial_params,
-        eval_fn=None, register_tasks=None)
-    metrics = {mixture_or_task_name: student.evaluate_rows(
+        stages, model_dir=model_dir, steps_per_stage=steps_per_stage, train_fn=spec.trainer(),
+        to_row=lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]},
+        model_transform=hooks.get("model_transform"), trainable=hooks.get("trainable"),
+        task_feature_lengths=spec.task_feature_lengths, initial_params=hooks.get("initial_params"), eval_fn=None,
+        register_tasks=None)
+    metrics = {mixture_or_task_name: student_lib.evaluate_rows(
         model, name="phased_eval", rows=eval_rows, metric_fns=metric_fns, postprocess_fn=None,
-        task_feature_lengths=task_feature_lengths, batch_size=eval_batch_size,
+        task_feature_lengths=spec.task_feature_lengths, batch_size=spec.eval_batch_size,
         predictions_dir=os.path.join(model_dir, "predictions"))}
     if write_results:
         results_lib.write_results(model_dir, metrics=metrics, method="phased_ift", control=control,

@@ -46,6 +46,7 @@ class ModelConfig:
     model_transform: Callable[[nnx.Module], nnx.Module] | None = None
     trainable: Any = nnx.Param
     seed: int = 0
+    keep_initial_trainable: bool = False  # a host copy of the trainable state as built, in the TrainResult
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import jax
+from flax import nnx
 
 from fiat_jax import compile_cache, gin_utils, partitioning, run_dirs
 from fiat_jax.train import checkpoints as ckpt_lib
@@ -18,7 +19,7 @@ from fiat_jax.train.hooks import (Checkpointing, Evaluation, LoopState, MetricsL
                                   write_results)
 from fiat_jax.train.metrics_writer import MetricsWriter, Progress
 from fiat_jax.train.result import TrainResult
-from fiat_jax.train.state import Prepared, build_mesh, build_model, prepare
+from fiat_jax.train.state import Prepared, build_mesh, build_model, host_copy, prepare
 
 _log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ def run(config: TrainConfig) -> TrainResult:
                         model_transform=m.model_transform)
     if config.check_model is not None:
         config.check_model(model)
+    initial = host_copy(nnx.state(model, m.trainable)) if m.keep_initial_trainable else None
     with jax.set_mesh(mesh):
         p = prepare(config, mesh, model)
         _train(config, p, compiles_at_start=compiles_at_start, wall_start=wall_start)
@@ -127,4 +129,4 @@ def run(config: TrainConfig) -> TrainResult:
     compile_metrics = {k: v for k, v in state.metrics.items() if k.startswith("compile/")}
     return TrainResult(step=state.step, metrics=state.metrics, model=final_model, preempted=state.preempted,
                        tokens_seen=state.tokens_seen, params_trained=p.params_trained, wall_s=wall_s,
-                       compile=compile_metrics)
+                       compile=compile_metrics, initial_trainable=initial)

@@ -21,3 +21,6 @@ class TrainResult:
     params_trained: int = 0
     wall_s: float = 0.0
     compile: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The trainable state as built (initial weights, PEFT transform; before any restore or step), host copies:
+    # only when ``train(keep_initial_trainable=True)``, e.g. to score the student before training.
+    initial_trainable: Any = None

@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -35,6 +36,11 @@ def build_model(model_factory: ModelFactory, *, seed: int, mesh: jax.sharding.Me
     if model_transform is not None:
         model = model_transform(model)
     return model
+
+
+def host_copy(tree: Any) -> Any:
+    """Host copies of a state tree's leaves (they survive the step donating the device buffers)."""
+    return jax.tree.map(lambda x: np.array(jax.device_get(x)), tree)
 
 
 def build_mesh(config: TrainConfig) -> jax.sharding.Mesh:

@@ -99,14 +99,17 @@ def train(*,
           progress_bar: bool = True,
           tensorboard: bool = True,
           export_peft_dir: str | None = None,
-          task: Any = None) -> TrainResult:
+          task: Any = None,
+          keep_initial_trainable: bool = False) -> TrainResult:
     """Train ``model_factory(rngs=...)`` on a seqio task or mixture for ``train_steps`` steps in ``model_dir``.
 
     Resumes from the newest checkpoint in ``model_dir/checkpoints`` when there is one. ``task``: a seqio Task or
     Mixture object trained on as it is, not looked up in the registry (e.g. in-memory rows:
-    ``methods.examples.examples_task``; ``mixture_or_task_name`` then only labels results). ``trainable`` is an NNX
-    filter choosing the differentiated parameters (PEFT passes its own). ``eval_fn(model=..., step=...)`` returns
-    metrics logged under ``eval/`` every ``eval_every_steps`` (and usable as ``best_metric``).
+    ``methods.examples.examples_task``; ``mixture_or_task_name`` then only labels results);
+    ``keep_initial_trainable``: the result also holds the trainable state as built (before any step).
+    ``trainable`` is an NNX filter choosing the differentiated parameters (PEFT passes its own).
+    ``eval_fn(model=..., step=...)`` returns metrics logged under ``eval/`` every ``eval_every_steps`` (and usable
+    as ``best_metric``).
     ``loss_positions_per_row``: the LM head runs only at this many loss positions per row ("auto": the targets
     length; None: every position; see ``train_step.StepConfig``). Raises
     :class:`TrainingDivergedError` on a NaN/inf loss, naming the step. ``export_peft_dir`` (absolute, or relative
@@ -124,8 +127,9 @@ def train(*,
             batch_size=c["batch_size"], split=split, pack=pack, shuffle=shuffle, use_cached=use_cached,
             seed=c["seed"], feature_converter=feature_converter, prefetch_depth=prefetch_depth,
             register_tasks=register_tasks),
-        model=ModelConfig(model_factory=model_factory, initial_params=initial_params, model_transform=model_transform,
-                          trainable=trainable, seed=c["seed"]),
+        model=ModelConfig(model_factory=model_factory, initial_params=initial_params,
+                          model_transform=model_transform, trainable=trainable, seed=c["seed"],
+                          keep_initial_trainable=keep_initial_trainable),
         checkpoint=CheckpointConfig(every_steps=c["checkpoint_every_steps"], keep=keep_checkpoints,
                                     best_metric=best_metric, best_mode=best_mode, async_save=async_checkpointing,
                                     restore_anyway=restore_anyway),
@@ -149,3 +153,12 @@ def _require_lora(model: nnx.Module) -> None:
     if not lora.lora_modules(model):
         raise UserError("train.export_peft_dir is set but the model has no LoRA adapters "
                         "(bind train.model_transform = @lora_transform())")
+
+
+def binds(name: str) -> bool:
+    """Does the active gin config bind ``train.<name>`` to something other than None? The trainer answers for its
+    own configuration, so a caller (a method's student) never reads gin itself."""
+    try:
+        return gin.query_parameter(f"train.{name}") is not None
+    except ValueError:
+        return False
