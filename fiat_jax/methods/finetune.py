@@ -34,9 +34,9 @@ def finetune_method(*, model_dir: str, mixture_or_task_name: str, train_steps: i
     if mode not in MODES:
         raise UserError(f"finetune_method.mode={mode!r}: choose one of {', '.join(MODES)}")
     spec = student or StudentSpec.of(
-        train_steps=common.require(train_steps, "train_steps", "fine-tuning"), task_feature_lengths=task_feature_lengths,
-        train_fn=train_fn, initial_params=initial_params, model_transform=model_transform, trainable=trainable,
-        eval_batch_size=eval_batch_size)
+        train_steps=common.require(train_steps, "train_steps", "fine-tuning"),
+        task_feature_lengths=task_feature_lengths, train_fn=train_fn, initial_params=initial_params,
+        model_transform=model_transform, trainable=trainable, eval_batch_size=eval_batch_size)
     if mode == "full":
         spec = dataclasses.replace(spec, model_transform=no_transform, trainable=nnx.Param)
     elif not spec.has("model_transform"):
