@@ -1,5 +1,6 @@
-"""The student side shared by the methods: train on in-memory rows through the trainer, score rows by
-log-likelihood, and evaluate rows with a task's metrics (predictions written like ``fiat eval``)."""
+"""The student side shared by the methods: a typed :class:`StudentSpec` (trainer, hooks, steps, lengths) that
+trains on in-memory rows (an unregistered seqio Task handed to the trainer), scoring rows by log-likelihood, and
+evaluating rows with a task's metrics (predictions written like ``fiat eval``)."""
 
 from __future__ import annotations
 
