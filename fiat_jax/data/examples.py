@@ -51,7 +51,19 @@ def register_examples_task(name: str, rows_by_split: Mapping[str, Sequence[Examp
                            metric_fns: Sequence[Callable[..., Any]] = (),
                            postprocess_fn: Callable[..., Any] | None = None,
                            vocabulary: seqio.Vocabulary | None = None) -> seqio.Task:
-    """Register (or replace) a seqio Task over ``{split: [{"inputs", "targets", ...}]}`` rows.
+    """Register (or replace) :func:`examples_task` under ``name`` (for what only takes registered names)."""
+    task = examples_task(name, rows_by_split, metric_fns=metric_fns, postprocess_fn=postprocess_fn,
+                         vocabulary=vocabulary)
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add_provider(name, task)
+    return task
+
+
+def examples_task(name: str, rows_by_split: Mapping[str, Sequence[Example]], *,
+                  metric_fns: Sequence[Callable[..., Any]] = (), postprocess_fn: Callable[..., Any] | None = None,
+                  vocabulary: seqio.Vocabulary | None = None) -> seqio.Task:
+    """A seqio Task (not registered) over ``{split: [{"inputs", "targets", ...}]}`` rows.
 
     Every row of every split must have the same keys; ``inputs`` (wrapped in :func:`student_chat_template` when
     one is bound) and ``targets`` are tokenised with the gin vocabulary (``get_vocabulary``) unless ``vocabulary``
@@ -81,9 +93,7 @@ def register_examples_task(name: str, rows_by_split: Mapping[str, Sequence[Examp
         from fiat_jax.data import preprocessors
 
         chat = [functools.partial(preprocessors.chat_format, template=template)]
-    if name in seqio.TaskRegistry.names():
-        seqio.TaskRegistry.remove(name)
-    return seqio.TaskRegistry.add(
+    return seqio.Task(
         name, source=source, output_features=features,
         preprocessors=[*chat, seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
         postprocess_fn=postprocess_fn, metric_fns=list(metric_fns))

@@ -227,7 +227,8 @@ DOC_PREFIX = "Document:"
 
 
 @gin.configurable(denylist=["train_fn"])
-def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_lengths: Mapping[str, int],
+def augmented_finetune_method(*, model_dir: str, train_steps: int | None = None,
+                              task_feature_lengths: Mapping[str, int] | None = None,
                               language: str = "en", synthetic_seed: int = 0, num_train_examples: int | None = None,
                               teacher: Any = None, local: bool = True, global_: bool = True,
                               sentence_split: str | None = "independent", split_documents: bool = True,
@@ -235,7 +236,7 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
                               trainable: Any = None, eval_batch_size: int = 32, max_new_tokens: int = 128,
                               write_results: bool = True, train_fn: Any = None,
                               documents_file: str | None = None, probes_file: str | None = None,
-                              **generate_overrides: Any) -> dict[str, dict[str, float]]:
+                              student: Any = None, **generate_overrides: Any) -> dict[str, dict[str, float]]:
     """Fine-tune on the synthetic-facts documents of ``language`` plus their augmentations, then score every
     test item's options by likelihood (accuracy overall and per kind: rephrase, reversal, two_hop, held_out).
 
@@ -248,17 +249,23 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
     ``sentence_split`` adds split documents; ``split_documents`` trains on sentences rather than whole documents
     (shorter rows, the same facts). ``icl_baseline`` also scores the student as it was before fine-tuning with
     every training document in context (``icl_accuracy*``; needs ``task_feature_lengths["inputs"]`` long enough
-    for the documents, else they are truncated). A ``model_transform`` given here replaces ``train.model_transform``. Plain fine-tuning is ``local=False, global_=False, sentence_split=None``.
+    for the documents, else they are truncated). A ``model_transform`` given here replaces
+    ``train.model_transform``. Plain fine-tuning is ``local=False, global_=False, sentence_split=None``.
+    ``student`` (a ``StudentSpec``) replaces the student's keyword arguments when given.
     """
     from fiat_jax.data import synthetic
-    from fiat_jax.methods import student
+    from fiat_jax.methods import student as student_lib
 
     if (local or global_) and teacher is None:
         raise UserError("augmented fine-tuning: missing teacher for local/global augmentation "
                         "(bind augmented_finetune_method.teacher, or set local and global_ to False)")
     from fiat_jax.methods import common
 
-    common.check_student(train_fn, "augmented fine-tuning")
+    spec = student or student_lib.StudentSpec.of(
+        train_steps=common.require(train_steps, "train_steps", "augmented fine-tuning"),
+        task_feature_lengths=task_feature_lengths, train_fn=train_fn, initial_params=initial_params,
+        model_transform=model_transform, trainable=trainable, eval_batch_size=eval_batch_size)
+    spec.check("augmented fine-tuning")
     if documents_file is not None:
         from fiat_jax.data import documents as documents_lib
 
@@ -300,27 +307,14 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
     results_lib.write_jsonl(os.path.join(model_dir, "augmented_rows.jsonl"), rows)
     _log.info("augmented fine-tuning: %d documents -> %d training rows (%s)", len(documents), len(train_rows),
               {s: sum(r["source"] == s for r in rows) for s in ("document", "split", "local", "global")})
-    initial: dict[str, Any] = {}
-
-    def keep_initial(model: Any) -> Any:
-        # The student before fine-tuning, for the ICL baseline (documents in context, no training).
-        from flax import nnx
-
-        model = model_transform(model) if model_transform is not None else model
-        if icl_baseline:
-            initial["state"] = jax_copy(nnx.state(model, nnx.Param))
-        return model
-
-    transform = keep_initial if (icl_baseline or model_transform is not None) else None
-    result = student.train_on_rows(model_dir=os.path.join(model_dir, "student"), name="augmented_ft_train",
-                                   train_rows=train_rows, train_steps=train_steps, train_fn=train_fn,
-                                   task_feature_lengths=task_feature_lengths, initial_params=initial_params,
-                                   model_transform=transform, trainable=trainable,
-                                   eval_fn=None, register_tasks=None)
+    # The student as built (before fine-tuning) comes back too, for the ICL baseline (documents in context).
+    result = spec.train(model_dir=os.path.join(model_dir, "student"), name="augmented_ft_train",
+                        train_rows=train_rows, **({"keep_initial_trainable": True} if icl_baseline else {}))
     metrics: dict[str, dict[str, float]] = {task: {}}
+    lengths = spec.task_feature_lengths
     if items:
-        scores = student.score_rows(result.model, mc_rows(items), task_feature_lengths=task_feature_lengths,
-                                    batch_size=eval_batch_size)
+        scores = student_lib.score_rows(result.model, mc_rows(items), task_feature_lengths=lengths,
+                                    batch_size=spec.eval_batch_size)
         metrics[task] = {k: 100.0 * v for k, v in mc_accuracy(items, scores).items()}
         results_lib.write_jsonl(os.path.join(model_dir, "predictions", f"{task}-mc.jsonl"), [
             dict(row, score=s) for row, s in zip(mc_rows(items), scores)])
@@ -331,10 +325,10 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
 
         context = " ".join(d["text"] for d in documents)
         base = nnx.clone(result.model)
-        if "state" in initial:
-            nnx.update(base, initial["state"])
-        icl_scores = student.score_rows(base, mc_rows(items, context=context),
-                                        task_feature_lengths=task_feature_lengths, batch_size=eval_batch_size)
+        if result.initial_trainable is not None:
+            nnx.update(base, result.initial_trainable)
+        icl_scores = student_lib.score_rows(base, mc_rows(items, context=context), task_feature_lengths=lengths,
+                                        batch_size=spec.eval_batch_size)
         metrics[task].update({f"icl_{k}": 100.0 * v for k, v in mc_accuracy(items, icl_scores).items()})
     if write_results:
         results_lib.write_results(model_dir, metrics=metrics, method="augmented_ft", local=local,
@@ -344,15 +338,7 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int, task_feature_
                                   **({"documents_file": documents_file, "probes_file": probes_file}
                                      if documents_file is not None else {}),
                                   num_train_examples=len(documents), num_train_examples_requested=num_train_examples,
-                                  tokens_seen=int(result.metrics.get("train/tokens_seen", 0) or 0),
-                                  params_trained=int(result.metrics.get("train/params_trained", 0) or 0),
-                                  params_total=student.count_params(result.model))
+                                  tokens_seen=result.tokens_seen, params_trained=result.params_trained,
+                                  params_total=student_lib.count_params(result.model))
     return metrics
 
-
-def jax_copy(tree: Any) -> Any:
-    """A copy of a state tree whose leaves survive the trainer donating the originals."""
-    import jax
-    import numpy as np
-
-    return jax.tree.map(lambda x: np.array(jax.device_get(x)), tree)

@@ -1,5 +1,5 @@
-"""Pieces every method shares: the examples of a task or mixture split, a task's metrics applied to
-predictions or scores computed outside the evaluator (teacher ICL), and the student's training hooks."""
+"""Pieces every method shares: the examples of a task or mixture split, and a task's metrics applied to
+predictions or scores computed outside the evaluator (teacher ICL). The student's side is methods/student.py."""
 
 from __future__ import annotations
 
@@ -88,24 +88,3 @@ def require(value: Any, what: str, method: str) -> Any:
     if value is None or (isinstance(value, (str, list, tuple, dict)) and not value):
         raise UserError(f"{method}: missing {what}")
     return value
-
-
-def gin_bound(name: str) -> bool:
-    """Is ``name`` (e.g. ``train.model_transform``) bound in the active gin config?"""
-    import gin
-
-    try:
-        return gin.query_parameter(name) is not None
-    except ValueError:
-        return False
-
-
-def check_student(train_fn: Callable[..., Any] | None, method: str) -> None:
-    """The student model must be configured (``train.model_factory``) before anything is computed."""
-    import functools
-
-    if isinstance(train_fn, functools.partial) and "model_factory" in train_fn.keywords:
-        return
-    if not gin_bound("train.model_factory"):
-        raise UserError(f"{method}: missing the student model (bind train.model_factory, e.g. include a "
-                        f"models/*.gin file)")

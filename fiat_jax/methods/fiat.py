@@ -165,8 +165,8 @@ def _per_task(value: str | Mapping[str, str] | None, task: str) -> str | None:
 
 
 @gin.configurable(denylist=["train_fn"])
-def fiat_method(*, model_dir: str, mixture_or_task_name: str, train_steps: int,
-                task_feature_lengths: Mapping[str, int], num_train_examples: int | None = None,
+def fiat_method(*, model_dir: str, mixture_or_task_name: str, train_steps: int | None = None,
+                task_feature_lengths: Mapping[str, int] | None = None, num_train_examples: int | None = None,
                 num_eval_examples: int | None = None, eval_split: str = "validation",
                 teacher: Any = None, teacher_dir: str | None = None,
                 teacher_instruction: str = "Answer the question. Reason step by step.",
@@ -176,26 +176,35 @@ def fiat_method(*, model_dir: str, mixture_or_task_name: str, train_steps: int,
                 initial_params: Callable | None = None, model_transform: Callable | None = None,
                 trainable: Any = None, base_initial_params: Callable | None = None,
                 max_reasoning_tokens: int = 128, eval_batch_size: int = 16, write_results: bool = True,
-                train_fn: Callable[..., Any] | None = None) -> dict[str, dict[str, float]]:
+                train_fn: Callable[..., Any] | None = None, student: Any = None) -> dict[str, dict[str, float]]:
     """FIAT end to end: teacher reasoning for train and eval examples, student rows, PEFT training, then
     inference (teacher reasoning, then the student's answer) scored with each task's metrics.
 
     Fails before any training when a required piece is missing: no teacher (unless ``no_reasoning`` or the
     reasoning is materialised in ``teacher_dir``), no training examples, no student instruction and no teacher
-    to write one.
+    to write one. ``student`` (a ``StudentSpec``) replaces the student's keyword arguments when given.
     """
-    from fiat_jax.methods import common, student
+    from fiat_jax.methods import common
+    from fiat_jax.methods import student as student_lib
 
     ablations = ablations or FiatAblations()
-    setup = student_setup(ablations, initial_params=initial_params, model_transform=model_transform,
-                          trainable=trainable, base_initial_params=base_initial_params)
+    spec = student or student_lib.StudentSpec.of(
+        train_steps=common.require(train_steps, "train_steps", "FIAT"), task_feature_lengths=task_feature_lengths,
+        train_fn=train_fn, initial_params=initial_params, model_transform=model_transform, trainable=trainable,
+        eval_batch_size=eval_batch_size)
+    hooks = spec.hooks()
+    setup = student_setup(ablations, initial_params=hooks.get("initial_params"),
+                          model_transform=hooks.get("model_transform"), trainable=hooks.get("trainable"),
+                          base_initial_params=base_initial_params)
+    spec = spec.with_hooks(initial_params=setup.initial_params, model_transform=setup.model_transform,
+                           trainable=setup.trainable)
     if ablations.needs_teacher and teacher is None and teacher_dir is None:
         raise UserError("FIAT: missing teacher (bind fiat_method.teacher, or fiat_method.teacher_dir to the "
                         "output of `fiat teach`)")
-    if not ablations.full_finetune and model_transform is None and not common.gin_bound("train.model_transform"):
+    if not ablations.full_finetune and not spec.has("model_transform"):
         raise UserError("FIAT: missing the student's PEFT transform (bind MODEL_TRANSFORM / fiat_method."
                         "model_transform, or FiatAblations.full_finetune = True)")
-    common.check_student(train_fn, "FIAT")
+    spec.check("FIAT")
     train_ex = common.split_examples(mixture_or_task_name, "train", limit=num_train_examples)
     eval_ex = common.split_examples(mixture_or_task_name, eval_split, limit=num_eval_examples)
     instructions: dict[str, str | None] = {}
@@ -241,12 +250,9 @@ def fiat_method(*, model_dir: str, mixture_or_task_name: str, train_steps: int,
             ablations, reasoning_as_target=False, no_reasoning=not ablations.teacher_at_inference),
             template=template)
     _log.info("FIAT: %d training rows, %s eval rows; student trains for %d steps", len(train_rows),
-              {t: len(r) for t, r in eval_rows.items()}, train_steps)
-    metrics, info = student.train_and_evaluate(
-        model_dir=model_dir, name="fiat", train_rows=train_rows, eval_rows=eval_rows, train_steps=train_steps,
-        task_feature_lengths=task_feature_lengths, initial_params=setup.initial_params,
-        model_transform=setup.model_transform, trainable=setup.trainable, eval_batch_size=eval_batch_size,
-        train_fn=train_fn)
+              {t: len(r) for t, r in eval_rows.items()}, spec.train_steps)
+    metrics, info = student_lib.train_and_evaluate(spec, model_dir=model_dir, name="fiat", train_rows=train_rows,
+                                                   eval_rows=eval_rows)
     if write_results:
         results_lib.write_results(model_dir, metrics=metrics, method="fiat",
                                   ablations=dataclasses.asdict(ablations), teacher=teacher_identity(teacher),

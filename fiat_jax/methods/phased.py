@@ -190,7 +190,7 @@ def train_stages(stages: Sequence[Stage], *, model_dir: str, steps_per_stage: Se
     """
     from flax import nnx
 
-    from fiat_jax.methods.examples import register_examples_task
+    from fiat_jax.methods.examples import examples_task
     from fiat_jax.train import optimizers
 
     if trainable is None:
@@ -209,16 +209,8 @@ def train_stages(stages: Sequence[Stage], *, model_dir: str, steps_per_stage: Se
         splits = {"train": [to_row(ex) for ex in stage.examples]}
         if eval_rows:
             splits["validation"] = list(eval_rows)
-        register_examples_task(name, splits, metric_fns=metric_fns)
+        task = examples_task(name, splits, metric_fns=metric_fns)
         stage_dir = os.path.join(model_dir, f"stage_{position + 1}")
-        seen: dict[str, str] = {}
-        base = chain_transform(model_transform, previous_state, trainable)
-
-        def recording_transform(m, _base=base, _seen=seen):
-            m = _base(m)
-            _seen["digest"] = params_digest(nnx.state(m, trainable))
-            return m
-
         resumed = os.path.isdir(os.path.join(stage_dir, "checkpoints"))
 
         def optimizer(_n=n_steps):
@@ -226,10 +218,11 @@ def train_stages(stages: Sequence[Stage], *, model_dir: str, steps_per_stage: Se
             return optimizers.make_optimizer(schedule=optimizers.learning_rate_schedule(total_steps=_n))
 
         _log.info("phased: %s, %d examples, %d steps", stage.label, len(stage.examples), n_steps)
-        result = train_fn(model_dir=stage_dir, train_steps=n_steps, mixture_or_task_name=name,
-                          model_transform=recording_transform, trainable=trainable, optimizer=optimizer,
-                          **train_kwargs)
-        start = seen.get("digest", "")
+        # The trainable state as built (after the chained transform) comes back with the result.
+        result = train_fn(model_dir=stage_dir, train_steps=n_steps, mixture_or_task_name=name, task=task,
+                          model_transform=chain_transform(model_transform, previous_state, trainable),
+                          trainable=trainable, optimizer=optimizer, keep_initial_trainable=True, **train_kwargs)
+        start = params_digest(result.initial_trainable) if result.initial_trainable is not None else ""
         if previous_digest is not None and not resumed and start != previous_digest:
             raise AssertionError(f"phased: {name} did not start from the previous stage's final parameters")
         model = result.model
@@ -256,12 +249,6 @@ def proportional_steps(total: int, sizes: Sequence[int]) -> list[int]:
     return steps
 
 
-def mean_log_likelihood(targets: Sequence[Any], scores: Sequence[float]) -> dict[str, float]:
-    """Mean target log-likelihood of held-out responses (higher is better)."""
-    del targets
-    return {"log_likelihood": float(np.mean(scores)) if len(scores) else float("nan")}
-
-
 def win_rate_metric(judge: Any, instructions: Sequence[str],
                     outcomes: list[int] | None = None) -> Callable[..., dict[str, float]]:
     """A seqio predict metric: the student's responses against the reference responses, judged both ways.
@@ -279,7 +266,8 @@ def win_rate_metric(judge: Any, instructions: Sequence[str],
 
 
 @gin.configurable(denylist=["train_fn"])
-def phased_method(*, model_dir: str, train_steps: int, task_feature_lengths: Mapping[str, int],
+def phased_method(*, model_dir: str, train_steps: int | None = None,
+                  task_feature_lengths: Mapping[str, int] | None = None,
                   mixture_or_task_name: str = "alpaca_scored", num_train_examples: int | None = None,
                   num_eval_examples: int | None = 32, eval_split: str = "validation",
                   thresholds: Sequence[float] = DEFAULT_THRESHOLDS, control: str = "none",
@@ -287,24 +275,29 @@ def phased_method(*, model_dir: str, train_steps: int, task_feature_lengths: Map
                   judge: Any = None, num_judge_examples: int | None = None, scorer: Any = None,
                   initial_params: Callable | None = None, model_transform: Callable | None = None,
                   trainable: Any = None, eval_batch_size: int = 16, write_results: bool = True,
-                  train_fn: Callable[..., Any] | None = None) -> dict[str, dict[str, float]]:
+                  train_fn: Callable[..., Any] | None = None, student: Any = None) -> dict[str, dict[str, float]]:
     """Phased instruction tuning end to end: stages from difficulty scores (checked before any training), stage
     after stage from the previous stage's parameters, then held-out response log-likelihood per token and per
     response, item by item (:mod:`fiat_jax.methods.heldout`), and, when a ``judge`` teacher is bound, the win
     rate of greedy responses against the reference ones on the first ``num_judge_examples`` held-out items (all
     when None; generation and judging are the costly part of the evaluation). A ``scorer`` teacher scores the
     training examples' difficulty first (:func:`score_difficulty`, materialised in ``MODEL_DIR/teacher_outputs``),
-    for data without scores."""
-    from fiat_jax.methods import common, heldout, results as results_lib, student
+    for data without scores. ``student`` (a ``StudentSpec``) replaces the student's keyword arguments when given."""
+    from fiat_jax.methods import common, heldout, results as results_lib
+    from fiat_jax.methods import student as student_lib
+    from fiat_jax.train import trainer
 
-    if train_fn is None:
-        from fiat_jax.train.trainer import train as train_fn
-    for hook, value in (("model_transform", model_transform), ("trainable", trainable)):
-        if value is None and common.gin_bound(f"train.{hook}"):
+    spec = student or student_lib.StudentSpec.of(
+        train_steps=common.require(train_steps, "train_steps", "phased"), task_feature_lengths=task_feature_lengths,
+        train_fn=train_fn, initial_params=initial_params, model_transform=model_transform, trainable=trainable,
+        eval_batch_size=eval_batch_size)
+    hooks = spec.hooks()
+    for hook in ("model_transform", "trainable"):
+        if hook not in hooks and trainer.binds(hook):
             raise UserError(f"phased: train.{hook} is bound in gin but phased_method.{hook} is not; stages chain "
                             f"the trainable parameters, so bind it on phased_method (macro "
                             f"{'MODEL_TRANSFORM' if hook == 'model_transform' else 'TRAINABLE'})")
-    common.check_student(train_fn, "phased")
+    spec.check("phased")
     train_ex = common.split_examples(mixture_or_task_name, "train", limit=num_train_examples)
     if scorer is not None:
         train_ex = {task: score_difficulty(scorer, rows, task=task, score_key=score_key,
@@ -316,16 +309,17 @@ def phased_method(*, model_dir: str, train_steps: int, task_feature_lengths: Map
     eval_rows = [{"inputs": ex["inputs"], "targets": ex["targets"]} for rows in eval_ex.values() for ex in rows]
     eval_ids = [str(ex.get("id") or f"item{i}") for i, ex in enumerate(ex for rows in eval_ex.values() for ex in rows)]
     if steps_per_stage is None:
-        steps_per_stage = proportional_steps(int(train_steps), [len(s.examples) for s in stages])
+        steps_per_stage = proportional_steps(int(spec.train_steps), [len(s.examples) for s in stages])
     _log.info("phased: %s", ", ".join(f"{s.label}: {len(s.examples)}" for s in stages))
     model, records = train_stages(
-        stages, model_dir=model_dir, steps_per_stage=steps_per_stage, train_fn=train_fn,
-        to_row=lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]}, model_transform=model_transform,
-        trainable=trainable, task_feature_lengths=task_feature_lengths, initial_params=initial_params,
-        eval_fn=None, register_tasks=None)
+        stages, model_dir=model_dir, steps_per_stage=steps_per_stage, train_fn=spec.trainer(),
+        to_row=lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]},
+        model_transform=hooks.get("model_transform"), trainable=hooks.get("trainable"),
+        task_feature_lengths=spec.task_feature_lengths, initial_params=hooks.get("initial_params"), eval_fn=None,
+        register_tasks=None)
     # Held-out responses scored by the trained student, item by item (no decoding: cheap and judge-free).
     scored = heldout.score_responses(model, [dict(r, id=i) for r, i in zip(eval_rows, eval_ids)],
-                                     task_feature_lengths=task_feature_lengths, batch_size=eval_batch_size,
+                                     task_feature_lengths=spec.task_feature_lengths, batch_size=spec.eval_batch_size,
                                      name="phased_heldout")
     task_metrics = {heldout.METRIC: scored.per_token, "log_likelihood": scored.per_response}
     items = {heldout.METRIC: heldout.item_entry(scored.ids, scored.item_values()),
@@ -333,10 +327,10 @@ def phased_method(*, model_dir: str, train_steps: int, task_feature_lengths: Map
     if judge is not None:
         judged = eval_rows[:num_judge_examples] if num_judge_examples is not None else eval_rows
         outcomes: list[int] = []
-        task_metrics.update(student.evaluate_rows(
+        task_metrics.update(student_lib.evaluate_rows(
             model, name="phased_eval", rows=judged, postprocess_fn=None,
             metric_fns=[win_rate_metric(judge, [r["inputs"] for r in judged], outcomes)],
-            task_feature_lengths=task_feature_lengths, batch_size=eval_batch_size,
+            task_feature_lengths=spec.task_feature_lengths, batch_size=spec.eval_batch_size,
             predictions_dir=os.path.join(model_dir, "predictions")))
         if len(outcomes) == len(judged):  # per item: +0.5 win, 0 tie, -0.5 loss (their mean is the win rate)
             items["win_rate"] = heldout.item_entry(eval_ids[:len(judged)], [o / 2 for o in outcomes])

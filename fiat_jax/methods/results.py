@@ -3,7 +3,7 @@ predictions as JSONL, and a printed comparison table.
 
 ``results.json`` also carries what a reviewer needs beside the metrics: per-item scores read back from the
 run's predictions files (only where their mean reproduces the reported metric, so a paired test compares what the
-table shows), the teacher calls the run made, and provenance (see :mod:`fiat_jax.sweeps.run_results`)."""
+table shows), the teacher calls the run made, and provenance (see :mod:`fiat_jax.train.run_record`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fiat_jax.train import run_record
+
 _log = logging.getLogger(__name__)
 
 
@@ -29,8 +31,6 @@ def write_results(model_dir: str, *, metrics: Mapping[str, Mapping[str, float]],
     ``num_train_examples_requested``) is added unless ``extra`` names it.
     """
     from fiat_jax.methods.examples import training_set_sizes
-    from fiat_jax.sweeps import run_results
-
     extra = {**training_set_sizes(list(metrics)), **extra}
 
     task = next(iter(metrics), "")
@@ -38,10 +38,10 @@ def write_results(model_dir: str, *, metrics: Mapping[str, Mapping[str, float]],
     extra.setdefault("item_scores", _or_empty(item_scores, model_dir, metrics))
     cost = extra.setdefault("teacher_cost", _or_empty(teacher_cost, model_dir))
     teacher = extra.get("teacher") or ", ".join(cost.pop("teachers", [])) or None
-    extra.setdefault("provenance", run_results.provenance(teacher=teacher))
-    return run_results.write_run_results(model_dir, metrics={k: dict(v) for k, v in metrics.items()},
-                                         tokens_seen=tokens_seen, params_trained=params_trained, method=method,
-                                         task=family, **extra)
+    extra.setdefault("provenance", run_record.provenance(teacher=teacher))
+    return run_record.write_run_results(model_dir, metrics={k: dict(v) for k, v in metrics.items()},
+                                        tokens_seen=tokens_seen, params_trained=params_trained, method=method,
+                                        task=family, **extra)
 
 
 def _or_empty(fn: Any, *args: Any) -> dict[str, Any]:

@@ -1,24 +1,100 @@
-"""The student side shared by the methods: train on in-memory rows through the trainer, score rows by
-log-likelihood, and evaluate rows with a task's metrics (predictions written like ``fiat eval``)."""
+"""The student side shared by the methods: a typed :class:`StudentSpec` (trainer, hooks, steps, lengths) that
+trains on in-memory rows (an unregistered seqio Task handed to the trainer), scoring rows by log-likelihood, and
+evaluating rows with a task's metrics (predictions written like ``fiat eval``)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import os
 import pathlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import gin
 import numpy as np
+import seqio
 
-from fiat_jax.methods.examples import register_examples_task
+from fiat_jax.errors import UserError
+from fiat_jax.methods.examples import examples_task
+from fiat_jax.train import trainer as trainer_lib
 
-HOOKS = ("initial_params", "model_transform", "trainable")
+# "Not given here: the trainer's own ``train.<hook>`` gin binding applies" (e.g. a models/*.gin file's
+# ``train.initial_params = @pretrained_params``), as opposed to an explicit None (no hook at all).
+TRAINER_BINDING = "train.* binding"
 
 
 def no_transform(model: Any) -> Any:
     """An explicit "no PEFT" transform (full fine-tuning), overriding any ``train.model_transform`` in gin."""
     return model
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class StudentSpec:
+    """The student a method trains and evaluates, in one value instead of a dozen keyword arguments.
+
+    ``train_fn``: the trainer (default ``trainer.train``, whose gin bindings give the model factory, batch size,
+    optimizer); ``initial_params`` / ``model_transform`` / ``trainable``: its hooks (weights to start from, PEFT
+    transform, what trains), each a value or :data:`TRAINER_BINDING`; ``pack``: several rows per sequence (None:
+    packed, unless the trainer's config binds ``train.pack``); ``eval_batch_size``: for evaluation and scoring.
+    """
+
+    train_steps: int
+    task_feature_lengths: Mapping[str, int] | None  # None: the trainer's own binding
+    train_fn: Callable[..., Any] | None = None
+    initial_params: Any = TRAINER_BINDING
+    model_transform: Any = TRAINER_BINDING
+    trainable: Any = TRAINER_BINDING
+    pack: bool | None = None
+    eval_batch_size: int = 16
+
+    @classmethod
+    def of(cls, *, initial_params: Any = None, model_transform: Any = None, trainable: Any = None,
+           **fields: Any) -> "StudentSpec":
+        """From a method's keyword arguments, where None hooks leave the trainer's binding in place."""
+        return cls(**fields).with_hooks(initial_params=initial_params, model_transform=model_transform,
+                                        trainable=trainable)
+
+    def with_hooks(self, **hooks: Any) -> "StudentSpec":
+        """These hooks replaced (None: the trainer's binding)."""
+        return dataclasses.replace(self, **{k: TRAINER_BINDING if v is None else v for k, v in hooks.items()})
+
+    def trainer(self) -> Callable[..., Any]:
+        return self.train_fn if self.train_fn is not None else trainer_lib.train
+
+    def hooks(self) -> dict[str, Any]:
+        """The hooks this spec sets (those left to the trainer's binding are not passed)."""
+        return {k: v for k, v in (("initial_params", self.initial_params), ("model_transform", self.model_transform),
+                                  ("trainable", self.trainable)) if v is not TRAINER_BINDING}
+
+    def has(self, hook: str) -> bool:
+        """Is ``hook`` set, here or by the trainer's own binding?"""
+        value = getattr(self, hook)
+        return value is not None if value is not TRAINER_BINDING else trainer_lib.binds(hook)
+
+    def check(self, method: str) -> None:
+        """The student model must be configured (``train.model_factory``) before anything is computed."""
+        fn = self.train_fn
+        if isinstance(fn, functools.partial) and "model_factory" in fn.keywords:
+            return
+        if not trainer_lib.binds("model_factory"):
+            raise UserError(f"{method}: missing the student model (bind train.model_factory, e.g. include a "
+                            f"models/*.gin file)")
+
+    def train(self, *, model_dir: str, name: str, train_rows: Sequence[Mapping[str, Any]],
+              train_steps: int | None = None, **overrides: Any) -> Any:
+        """Train on in-memory rows (a seqio Task object, not registered) in ``model_dir``: a ``TrainResult``."""
+        kwargs: dict[str, Any] = {**self.hooks(), "eval_fn": None, "register_tasks": None, **overrides}
+        if self.task_feature_lengths is not None:
+            kwargs.setdefault("task_feature_lengths", dict(self.task_feature_lengths))
+        if self.pack is not None or not trainer_lib.binds("pack"):
+            kwargs["pack"] = True if self.pack is None else bool(self.pack)
+        task = examples_task(name, {"train": [dict(r) for r in train_rows]})
+        return self.trainer()(model_dir=model_dir, train_steps=int(self.train_steps if train_steps is None
+                                                                   else train_steps),
+                              mixture_or_task_name=name, task=task, **kwargs)
 
 
 def score_rows(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_lengths: Mapping[str, int],
@@ -32,7 +108,7 @@ def score_rows(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_le
 
     if not rows:
         return []
-    task = register_examples_task(name, {"validation": [dict(r) for r in rows]})
+    task = examples_task(name, {"validation": [dict(r) for r in rows]})
     kind = getattr(model, "model_kind", "decoder")
     converter = input_pipeline.feature_converter_for(kind, pack=False)
     ds = task.get_dataset(sequence_length=dict(task_feature_lengths), split="validation", shuffle=False,
@@ -66,27 +142,29 @@ def score_rows(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_le
 
 
 def train_on_rows(*, model_dir: str, name: str, train_rows: Sequence[Mapping[str, Any]], train_steps: int,
-                  train_fn: Callable[..., Any] | None = None, validation_rows: Sequence[Mapping[str, Any]] = (),
-                  metric_fns: Sequence[Callable[..., Any]] = (), pack: bool | None = None,
-                  **train_kwargs: Any) -> Any:
-    """Register ``name`` over the rows and train on it with the trainer (``train_fn``, default ``train``).
+                  train_fn: Callable[..., Any] | None = None, pack: bool | None = None,
+                  task_feature_lengths: Mapping[str, int] | None = None, initial_params: Any = None,
+                  model_transform: Any = None, trainable: Any = None, **train_kwargs: Any) -> Any:
+    """Train on the rows with the trainer (``train_fn``, default ``train``): :meth:`StudentSpec.train` for
+    callers without a spec. ``pack``: several rows per sequence (segment-aware attention and positions); FIAT rows
+    are long inputs of very different lengths, so unpacked batches are mostly padding; None packs unless the
+    trainer's config binds ``train.pack``."""
+    spec = StudentSpec.of(train_steps=int(train_steps), task_feature_lengths=task_feature_lengths,
+                          train_fn=train_fn, pack=pack, initial_params=initial_params,
+                          model_transform=model_transform, trainable=trainable)
+    return spec.train(model_dir=model_dir, name=name, train_rows=train_rows, **train_kwargs)
 
-    ``pack``: several rows per sequence (segment-aware attention and positions). FIAT rows are long inputs of
-    very different lengths, so unpacked batches are mostly padding; None packs unless gin binds ``train.pack``.
-    """
-    from fiat_jax.methods.common import gin_bound
 
-    if train_fn is None:
-        from fiat_jax.train.trainer import train as train_fn
-    # A hook left None is not passed: the trainer's own gin binding (train.model_transform, ...) applies.
-    train_kwargs = {k: v for k, v in train_kwargs.items() if not (k in HOOKS and v is None)}
-    if pack is not None or not gin_bound("train.pack"):
-        train_kwargs["pack"] = True if pack is None else bool(pack)
-    splits: dict[str, list[dict[str, Any]]] = {"train": [dict(r) for r in train_rows]}
-    if validation_rows:
-        splits["validation"] = [dict(r) for r in validation_rows]
-    register_examples_task(name, splits, metric_fns=metric_fns)
-    return train_fn(model_dir=model_dir, train_steps=int(train_steps), mixture_or_task_name=name, **train_kwargs)
+@contextlib.contextmanager
+def registered(task: seqio.Task) -> Iterator[str]:
+    """``task`` in the seqio registry while the block runs (seqio's Evaluator only takes registered names)."""
+    if task.name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(task.name)
+    seqio.TaskRegistry.add_provider(task.name, task)
+    try:
+        yield task.name
+    finally:
+        seqio.TaskRegistry.remove(task.name)
 
 
 def evaluate_rows(model: Any, *, name: str, rows: Sequence[Mapping[str, Any]], metric_fns: Sequence[Callable],
@@ -96,11 +174,12 @@ def evaluate_rows(model: Any, *, name: str, rows: Sequence[Mapping[str, Any]], m
     """Metrics of ``model`` on the rows (greedy predictions and target scores), as ``{metric: value}``."""
     from fiat_jax.train import evaluator
 
-    register_examples_task(name, {"validation": [dict(r) for r in rows]}, metric_fns=metric_fns,
-                           postprocess_fn=postprocess_fn)
-    flat = evaluator.evaluate_model(model, mixture_or_task_name=name, task_feature_lengths=task_feature_lengths,
-                                    split="validation", batch_size=batch_size, step=step,
-                                    predictions_dir=predictions_dir, predictions_with_scores=False)
+    task = examples_task(name, {"validation": [dict(r) for r in rows]}, metric_fns=metric_fns,
+                         postprocess_fn=postprocess_fn)
+    with registered(task):
+        flat = evaluator.evaluate_model(model, mixture_or_task_name=name, task_feature_lengths=task_feature_lengths,
+                                        split="validation", batch_size=batch_size, step=step,
+                                        predictions_dir=predictions_dir, predictions_with_scores=False)
     return {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(name + "/")}
 
 
@@ -115,31 +194,33 @@ def count_params(model: Any) -> int | None:
         return None
 
 
-def train_and_evaluate(*, model_dir: str, name: str, train_rows: Sequence[Mapping[str, Any]],
-                       eval_rows: Mapping[str, Sequence[Mapping[str, Any]]], train_steps: int,
-                       task_feature_lengths: Mapping[str, int], initial_params: Callable | None = None,
-                       model_transform: Callable | None = None, trainable: Any = None,
-                       eval_batch_size: int = 16, train_fn: Callable[..., Any] | None = None,
-                       **train_kwargs: Any) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Train the student on ``train_rows`` in ``model_dir/student``, then evaluate it on each task's rows with
-    that task's metrics (predictions in ``model_dir/predictions``). Returns ``({task: metrics}, train info)``."""
+def train_info(result: Any) -> dict[str, Any]:
+    """What results.json records of the student's training, from the typed ``TrainResult``."""
+    return {"tokens_seen": int(result.tokens_seen), "params_trained": int(result.params_trained),
+            "steps": result.step, "params_total": count_params(result.model)}
+
+
+def evaluate(spec: StudentSpec, model: Any, *, model_dir: str, name: str, step: int | None,
+             eval_rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Each task's rows scored with that task's metrics (predictions in ``model_dir/predictions``)."""
     from fiat_jax.methods.common import metric_spec
 
-    kwargs = dict(train_kwargs)
-    kwargs.setdefault("eval_fn", None)
-    kwargs.setdefault("register_tasks", None)
-    result = train_on_rows(model_dir=os.path.join(model_dir, "student"), name=f"{name}_train",
-                           train_rows=train_rows, train_steps=train_steps, train_fn=train_fn,
-                           task_feature_lengths=task_feature_lengths, initial_params=initial_params,
-                           model_transform=model_transform, trainable=trainable, **kwargs)
     metrics: dict[str, dict[str, float]] = {}
     for task, rows in eval_rows.items():
         fns, post = metric_spec(task)
-        metrics[task] = evaluate_rows(result.model, name=task.replace("/", "_") + f"_{name}_eval", rows=rows,
+        metrics[task] = evaluate_rows(model, name=task.replace("/", "_") + f"_{name}_eval", rows=rows,
                                       metric_fns=fns, postprocess_fn=post,
-                                      task_feature_lengths=task_feature_lengths, batch_size=eval_batch_size,
-                                      predictions_dir=os.path.join(model_dir, "predictions"), step=result.step)
-    info = {"tokens_seen": int(result.metrics.get("train/tokens_seen", 0) or 0),
-            "params_trained": int(result.metrics.get("train/params_trained", 0) or 0), "steps": result.step,
-            "params_total": count_params(result.model)}
-    return metrics, info
+                                      task_feature_lengths=spec.task_feature_lengths,
+                                      batch_size=spec.eval_batch_size,
+                                      predictions_dir=os.path.join(model_dir, "predictions"), step=step)
+    return metrics
+
+
+def train_and_evaluate(spec: StudentSpec, *, model_dir: str, name: str, train_rows: Sequence[Mapping[str, Any]],
+                       eval_rows: Mapping[str, Sequence[Mapping[str, Any]]]
+                       ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Train the student on ``train_rows`` in ``model_dir/student``, then evaluate it on each task's rows.
+    Returns ``({task: metrics}, train info for results.json)``."""
+    result = spec.train(model_dir=os.path.join(model_dir, "student"), name=f"{name}_train", train_rows=train_rows)
+    metrics = evaluate(spec, result.model, model_dir=model_dir, name=name, step=result.step, eval_rows=eval_rows)
+    return metrics, train_info(result)

@@ -56,12 +56,14 @@ def get_task(name: str) -> Any:
 
 def train_dataset(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
                   global_batch_size: int, feature_converter: Any, seed: int, start_batch: int = 0,
-                  shuffle: bool = True, use_cached: bool = False) -> Any:
-    """The host's batches (``global_batch_size / process_count`` rows) from ``start_batch`` on, repeated forever."""
+                  shuffle: bool = True, use_cached: bool = False, task: Any = None) -> Any:
+    """The host's batches (``global_batch_size / process_count`` rows) from ``start_batch`` on, repeated forever.
+
+    ``task``: a seqio Task or Mixture object used as it is; None looks ``mixture_or_task_name`` up in the registry."""
     import seqio
     import tensorflow as tf
 
-    task = get_task(mixture_or_task_name)
+    task = get_task(mixture_or_task_name) if task is None else task
     hosts = jax.process_count()
     if global_batch_size % hosts:
         raise UserError(f"batch size {global_batch_size} is not divisible by {hosts} hosts")
