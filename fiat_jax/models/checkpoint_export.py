@@ -9,7 +9,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import gguf
+import jax
 import numpy as np
+from flax import nnx
 
 from fiat_jax.errors import UserError
 from fiat_jax.models.checkpoint_gguf import _GGUF_TO_HF_LAYER, _GGUF_TO_HF_TOP, permute_rope_rows
@@ -56,11 +59,7 @@ def export_safetensors(params: Any, path: PathLike, *, names: str = "ours", conf
 
 
 def _flat_values(params: Any) -> Flat:
-    import jax
-
     tree = params
-    from flax import nnx
-
     if isinstance(params, nnx.Module):
         tree = nnx.state(params, nnx.Param)
     if isinstance(tree, nnx.State):
@@ -136,8 +135,6 @@ def export_gguf(params: Any, path: PathLike, *, config: Any, quant: str = "F32",
     ``tokenizer``: optional ``{"tokens": [...], "merges": [...], "token_types": [...], "pre": "smollm",
     "eos_id": int, "bos_id": int, "unk_id": int, "chat_template": str}`` stored as llama.cpp's keys.
     """
-    import gguf
-
     if getattr(config, "rope_scaling", None):
         raise UserError("GGUF export of a model with Llama 3 RoPE scaling is not supported (export safetensors)")
     qtype = getattr(gguf.GGMLQuantizationType, quant, None)

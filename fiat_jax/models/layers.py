@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fiat_jax import partitioning
+from fiat_jax.errors import UserError
 from fiat_jax.models import attention_core
 
 Array = jax.Array
@@ -26,9 +28,7 @@ DType = Any
 
 
 def constrain(x: Array, names: Sequence[str | None]) -> Array:
-    """``partitioning.constrain`` imported lazily (keeps the models importable on their own)."""
-    from fiat_jax import partitioning
-
+    """``partitioning.constrain`` with ``names`` as a tuple (the logical axis names of ``x``)."""
     return partitioning.constrain(x, tuple(names))
 
 
@@ -334,8 +334,6 @@ REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
 
 def check_remat(remat: str) -> str:
     if remat != "none" and remat not in REMAT_POLICIES:
-        from fiat_jax.errors import UserError
-
         raise UserError(f"remat must be one of none, {', '.join(REMAT_POLICIES)}; got {remat!r}")
     return remat
 
