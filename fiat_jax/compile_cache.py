@@ -86,7 +86,7 @@ def install_listeners() -> None:
         if _listening:
             return
         _listening = True
-    from jax import monitoring
+    from jax import monitoring  # lazy: the CLI configures the cache before (and without) importing JAX
 
     monitoring.register_event_listener(_on_event)
     monitoring.register_event_duration_secs_listener(_on_duration)
@@ -163,7 +163,7 @@ def configure(*, enabled: bool = True, cache_dir: str | None = None, min_compile
     else:
         settings = {"jax_enable_compilation_cache": False}
     if "jax" in sys.modules:
-        import jax
+        import jax  # lazy: only when JAX is already imported (else the environment carries the settings)
 
         for name, value in settings.items():
             jax.config.update(name, value)
