@@ -10,14 +10,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import gguf
-import jax
 import numpy as np
-from flax import nnx
 
 from fiat_jax.errors import UserError
 from fiat_jax.models.checkpoint_gguf import _GGUF_TO_HF_LAYER, _GGUF_TO_HF_TOP, permute_rope_rows
 from fiat_jax.models.checkpoint_hf import _LLAMA_MODEL_TYPES, _hf_llama_shape, _hf_t5_shape, _save_safetensors
-from fiat_jax.models.checkpoint_match import Flat, PathLike, _key_name
+from fiat_jax.models.checkpoint_match import Flat, PathLike, flat_leaves
 from fiat_jax.models.checkpoint_names import _FIELD_ALIASES, llama_rules, t5_rules
 
 
@@ -59,18 +57,7 @@ def export_safetensors(params: Any, path: PathLike, *, names: str = "ours", conf
 
 
 def _flat_values(params: Any) -> Flat:
-    tree = params
-    if isinstance(params, nnx.Module):
-        tree = nnx.state(params, nnx.Param)
-    if isinstance(tree, nnx.State):
-        tree = tree.to_pure_dict()
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        names = [_key_name(k) for k in path]
-        if len(names) > 1 and names[-1] == "value":
-            names = names[:-1]
-        out[".".join(names)] = np.asarray(leaf)
-    return out
+    return {name: np.asarray(leaf) for name, leaf in flat_leaves(params).items()}
 
 
 def _cfg(config: Any, *names: str, default: Any = None) -> Any:

@@ -34,8 +34,9 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
-def target_shapes(target: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """``{"layers_0.attention.query.kernel": (shape, dtype)}`` of an NNX module, its Param state or a nested dict."""
+def flat_leaves(target: Any) -> dict[str, Any]:
+    """``{"layers_0.attention.query.kernel": leaf}`` of an NNX module (its Params), its Param state or a nested
+    dict (a trailing ``value`` key, as NNX states have, is dropped)."""
     tree = target
     if isinstance(target, nnx.Module):
         tree = nnx.state(target, nnx.Param)
@@ -46,8 +47,14 @@ def target_shapes(target: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         names = [_key_name(k) for k in path]
         if len(names) > 1 and names[-1] == "value":
             names = names[:-1]
-        out[".".join(names)] = (tuple(int(d) for d in leaf.shape), np.dtype(leaf.dtype))
+        out[".".join(names)] = leaf
     return out
+
+
+def target_shapes(target: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{"layers_0.attention.query.kernel": (shape, dtype)}`` of an NNX module, its Param state or a nested dict."""
+    return {name: (tuple(int(d) for d in leaf.shape), np.dtype(leaf.dtype))
+            for name, leaf in flat_leaves(target).items()}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Flat:
