@@ -79,6 +79,12 @@ def check_decoding(max_new_tokens: int, temperature: float) -> None:
         raise UserError(f"teacher temperature must be >= 0, got {temperature}")
 
 
+def check_request(max_new_tokens: int, temperature: float, stop: Sequence[str] | str) -> tuple[str, ...]:
+    """:func:`check_decoding` and :func:`check_stop` at once, as a teacher's ``generate_stream`` starts."""
+    check_decoding(max_new_tokens, temperature)
+    return check_stop(stop)
+
+
 def stream(teacher: object, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
            stop: Sequence[str] = (), chunk_size: int = 8) -> Iterator[tuple[int, str | Failure]]:
     """``(index, text | Failure)`` for every prompt: the teacher's own ``generate_stream`` when it has one, else

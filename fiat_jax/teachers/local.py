@@ -128,8 +128,7 @@ class LocalTeacher:
     def generate_stream(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                         stop: Sequence[str] = ()) -> Iterator[tuple[int, str | base.Failure]]:
         """Batches of similar length (see :func:`plan_batches`); yields each batch's replies as it finishes."""
-        base.check_decoding(max_new_tokens, temperature)
-        stop = base.check_stop(stop)
+        stop = base.check_request(max_new_tokens, temperature, stop)
         if not prompts:
             return
         pre, model = self._loaded()

@@ -286,8 +286,7 @@ class OpenAICompatTeacher:
 
     def generate_stream(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                         stop: Sequence[str] = ()) -> Iterator[tuple[int, str | base.Failure]]:
-        base.check_decoding(max_new_tokens, temperature)
-        stop = base.check_stop(stop)
+        stop = base.check_request(max_new_tokens, temperature, stop)
         if not prompts:
             return
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.concurrency,
