@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from fiat_jax.errors import UserError
-from fiat_jax.models import decoder
-from fiat_jax.models import t5
+from fiat_jax.models import decoder, t5
 from fiat_jax.models.checkpoint_match import Flat, _merge_compatible
 
 
