@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fiat_jax.models import layers
+import fiat_jax.models.layers as layers
 from fiat_jax.models.layers import Array, constrain
 
 

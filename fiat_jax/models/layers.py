@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+import fiat_jax.models.attention_core as attention_core
 from fiat_jax import partitioning
 from fiat_jax.errors import UserError
-from fiat_jax.models import attention_core
 
 Array = jax.Array
 DType = Any

@@ -37,7 +37,7 @@ import gin
 import jax.numpy as jnp
 from flax import nnx
 
-from fiat_jax.models import layers
+import fiat_jax.models.layers as layers
 from fiat_jax.models.layers import Array, constrain
 
 
