@@ -11,12 +11,16 @@ import argparse
 import dataclasses
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-from fiat_jax import native_logs
+import gin
+
+from fiat_jax import compile_cache, gin_utils, native_logs
 from fiat_jax.errors import UserError
+from fiat_jax.redact import redact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +74,7 @@ COMMANDS: dict[str, Command] = {
                      "fiat sweep --gin_file=sweeps/fiat_scale_local_tiny.gin --gin.SWEEP_DIR=/tmp/fiat/sweep"),
     "report": Command("fiat_jax.sweeps.report:report", "tables and plots from a sweep's results.jsonl",
                       "fiat report /tmp/fiat/sweep", uses_gin=False, add_arguments=_report_args),
-    "tasks": Command("fiat_jax.data.tasks_cli:tasks_main", "list seqio tasks or show examples",
+    "tasks": Command("fiat_jax.tasks_command:tasks_main", "list seqio tasks or show examples",
                      "fiat tasks show mgsm_en --split train -n 3", add_arguments=_tasks_args),
     "export": Command("fiat_jax.export:export_main", "write a run's LoRA adapter (HF peft) or merged model",
                       "fiat export --model_dir=/tmp/fiat/xcopa_tiny --format=peft", uses_gin=False,
@@ -117,8 +121,6 @@ class NotAvailable(Exception):
 
 
 def _configure_logging(verbose: bool) -> None:
-    import logging
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # Libraries (gin's search-path notes, absl, orbax) log to the root logger: keep them at WARNING unless
     # --verbose, and let fiat_jax's own loggers speak at INFO.
@@ -129,10 +131,6 @@ def _configure_logging(verbose: bool) -> None:
 
 def _run(args: argparse.Namespace, command: Command, gin_bindings: list[str]) -> None:
     """Import the subcommand, parse its gin config and call it (the heavy part: TensorFlow, seqio, JAX)."""
-    import gin
-
-    from fiat_jax import compile_cache, gin_utils
-
     entry = _load(args.command, command)
     kwargs = {k: v for k, v in vars(args).items()
               if k not in ("command", "verbose", "gin_file", "gin_search_paths", "compile_cache") and v is not None}
@@ -161,8 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = "--verbose" in argv
     parser = build_parser()
     try:
-        from fiat_jax import gin_utils
-
         gin_bindings, rest = gin_utils.split_gin_flags(argv)
         args = parser.parse_args(rest)
         if args.command is None:
@@ -186,8 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # Gin appends "In call to configurable ..." lines; the first line is the message.
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        from fiat_jax.redact import redact  # never echo a value that looks like a key (a key given as a flag)
-
+        # Never echo a value that looks like a key (a key given as a flag).
         print(f"fiat: error: {redact(first_line)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

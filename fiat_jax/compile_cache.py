@@ -15,6 +15,7 @@ Nothing happens at import, and JAX is imported only when a function here is call
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -43,40 +44,22 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(base) / "fiat_jax" / "jax_cache"
 
 
-@dataclasses.dataclass
-class _Counters:
-    requests: int = 0
-    hits: int = 0
-    misses: int = 0
-    backend_s: float = 0.0
-    trace_s: float = 0.0
-    lower_s: float = 0.0
-
-
-_COUNTERS = _Counters()
+# Per jax.monitoring event name: how often it fired, and (key "<event> s") the seconds it reported.
+_TOTALS: collections.Counter[str] = collections.Counter()
 _LOCK = threading.Lock()
 _listening = False
 _configured: pathlib.Path | None | bool = False  # False: not yet; None: off; a path: on
 
 
 def _on_event(event: str, **_kwargs) -> None:
-    if event == CACHE_HIT_EVENT:
-        with _LOCK:
-            _COUNTERS.hits += 1
-    elif event == CACHE_MISS_EVENT:
-        with _LOCK:
-            _COUNTERS.misses += 1
+    with _LOCK:
+        _TOTALS[event] += 1
 
 
 def _on_duration(event: str, seconds: float, **_kwargs) -> None:
     with _LOCK:
-        if event == BACKEND_COMPILE_EVENT:
-            _COUNTERS.requests += 1
-            _COUNTERS.backend_s += seconds
-        elif event == TRACE_EVENT:
-            _COUNTERS.trace_s += seconds
-        elif event == LOWER_EVENT:
-            _COUNTERS.lower_s += seconds
+        _TOTALS[event] += 1
+        _TOTALS[f"{event} s"] += seconds
 
 
 def install_listeners() -> None:
@@ -86,7 +69,7 @@ def install_listeners() -> None:
         if _listening:
             return
         _listening = True
-    from jax import monitoring
+    from jax import monitoring  # lazy: the CLI configures the cache before (and without) importing JAX
 
     monitoring.register_event_listener(_on_event)
     monitoring.register_event_duration_secs_listener(_on_duration)
@@ -104,19 +87,19 @@ class CompileStats:
     lower_s: float
 
     @staticmethod
-    def start() -> _Counters:
+    def start() -> collections.Counter[str]:
         install_listeners()
         with _LOCK:
-            return dataclasses.replace(_COUNTERS)
+            return collections.Counter(_TOTALS)
 
     @classmethod
-    def since(cls, start: _Counters) -> "CompileStats":
+    def since(cls, start: collections.Counter[str]) -> "CompileStats":
         with _LOCK:
-            now = dataclasses.replace(_COUNTERS)
-        requests, hits = now.requests - start.requests, now.hits - start.hits
+            delta = collections.Counter({key: value - start[key] for key, value in _TOTALS.items()})
+        requests, hits = int(delta[BACKEND_COMPILE_EVENT]), int(delta[CACHE_HIT_EVENT])
         return cls(requests=requests, cache_hits=hits, compiles=requests - hits,
-                   compile_s=now.backend_s - start.backend_s, trace_s=now.trace_s - start.trace_s,
-                   lower_s=now.lower_s - start.lower_s)
+                   compile_s=delta[f"{BACKEND_COMPILE_EVENT} s"], trace_s=delta[f"{TRACE_EVENT} s"],
+                   lower_s=delta[f"{LOWER_EVENT} s"])
 
     def metrics(self, wall_s: float, prefix: str = "compile/") -> dict[str, float]:
         """Flat metrics for a run's results: counts, seconds and the share of ``wall_s`` spent compiling."""
@@ -163,7 +146,7 @@ def configure(*, enabled: bool = True, cache_dir: str | None = None, min_compile
     else:
         settings = {"jax_enable_compilation_cache": False}
     if "jax" in sys.modules:
-        import jax
+        import jax  # lazy: only when JAX is already imported (else the environment carries the settings)
 
         for name, value in settings.items():
             jax.config.update(name, value)

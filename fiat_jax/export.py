@@ -15,6 +15,8 @@ import logging
 import pathlib
 from typing import Any
 
+import gin
+
 from fiat_jax.errors import UserError
 
 FORMATS = ("peft", "merged", "gguf")
@@ -23,9 +25,7 @@ _log = logging.getLogger(__name__)
 
 def _run_bindings(model_dir: pathlib.Path) -> dict[str, Any]:
     """Parse the run's config.gin and return ``train``'s bindings (references resolved)."""
-    import gin
-
-    from fiat_jax.train import trainer
+    from fiat_jax.train import trainer  # lazy: a wrong --model_dir is reported before JAX/TF load
 
     config = model_dir / "config.gin"
     if not config.is_file():
@@ -46,10 +46,10 @@ def _run_bindings(model_dir: pathlib.Path) -> dict[str, Any]:
 
 def restore_run(model_dir: str | pathlib.Path, *, checkpoint_step: int | None = None) -> Any:
     """The run's model with its trained parameters (the newest checkpoint, or ``checkpoint_step``)."""
-    from flax import nnx
+    from flax import nnx  # lazy: a wrong --model_dir is reported before JAX/TF load
 
-    from fiat_jax.train import checkpoints as ckpt_lib
-    from fiat_jax.train.trainer import build_model
+    from fiat_jax.train import checkpoints as ckpt_lib  # lazy: a wrong --model_dir is reported before JAX/TF load
+    from fiat_jax.train.trainer import build_model  # lazy: a wrong --model_dir is reported before JAX/TF load
 
     model_dir = pathlib.Path(model_dir)
     b = _run_bindings(model_dir)
@@ -64,7 +64,7 @@ def restore_run(model_dir: str | pathlib.Path, *, checkpoint_step: int | None = 
 
 
 def _merged(model: Any) -> Any:
-    from fiat_jax.peft import lora, wrapper
+    from fiat_jax.peft import lora, wrapper  # lazy: a wrong --model_dir is reported before JAX/TF load
 
     if isinstance(model, wrapper.PeftModel) and model.prompt_length:
         raise UserError("the run's model has a soft prompt, which a merged checkpoint cannot hold "
@@ -89,11 +89,11 @@ def export_run(*, model_dir: str, format: str, out: str | None = None,  # noqa: 
         _require_lora_before_restoring(model_dir_path)
     model = restore_run(model_dir_path, checkpoint_step=checkpoint_step)
     if format == "peft":
-        from fiat_jax.peft import hf_adapter
+        from fiat_jax.peft import hf_adapter  # lazy: a wrong --model_dir is reported before JAX/TF load
 
         written = hf_adapter.export_peft(model, target, base_model_name_or_path=_base_checkpoint())
     else:
-        from fiat_jax.models import checkpoint_import as ci
+        from fiat_jax.models import checkpoint_import as ci  # lazy: a wrong --model_dir is reported before JAX/TF load
 
         merged = _merged(model)
         config = getattr(merged, "config", None)
@@ -133,7 +133,7 @@ def gguf_tokenizer_of(checkpoint: str | None) -> dict[str, Any] | None:
     the exported file carries the tokenizer llama.cpp needs; None for other bases."""
     if not checkpoint:
         return None
-    from fiat_jax.models import checkpoint_gguf, embedded
+    from fiat_jax.models import checkpoint_gguf, embedded  # lazy: a wrong --model_dir is reported before JAX/TF load
 
     if str(checkpoint).startswith("embedded:"):
         path = embedded.embedded_gguf_path()
@@ -150,8 +150,6 @@ def gguf_tokenizer_of(checkpoint: str | None) -> dict[str, Any] | None:
 
 
 def _base_checkpoint() -> str | None:
-    import gin
-
     try:
         value = gin.query_parameter("pretrained_params.checkpoint")
     except ValueError:

@@ -204,7 +204,7 @@ def check_required_macros() -> None:
 
 def write_operative_config(model_dir: str | os.PathLike, *, filename: str = "config.gin") -> pathlib.Path | None:
     """Write the operative gin config next to a run's checkpoints (process 0 only); returns the path."""
-    import jax
+    import jax  # lazy: gin_utils checks gin inputs for the CLI before any heavy import
 
     if jax.process_index() != 0:
         return None

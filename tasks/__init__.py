@@ -14,8 +14,10 @@ from collections.abc import Mapping
 import gin
 
 from fiat_jax.data import feature_converters as _feature_converters  # noqa: F401 - gin configurables
+from fiat_jax.data import preprocessors, splits
 from fiat_jax.data import vocab as _vocab  # noqa: F401 - get_vocabulary is bound in gin files
 from fiat_jax.errors import UserError
+from tasks import common, multilingual, synthetic_facts, teacher_tasks
 
 
 @gin.configurable
@@ -33,9 +35,6 @@ def register_all(*, data_dir: str | None = None, tfds_dir: str | None = None, se
     chat_template: wrap inputs for a decoder student (e.g. preprocessors.SMOLLM2_CHAT).
     teacher_dir: register ``<task>_teacher`` tasks from materialised teacher outputs found there.
     """
-    from fiat_jax.data import preprocessors, splits
-    from tasks import common, multilingual, synthetic_facts, teacher_tasks
-
     data_dir = data_dir or common.default_data_dir()
     if data_dir is None:
         raise UserError("no DATA_DIR: bind register_all.data_dir (gin macro DATA_DIR) to the data directory")

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 
 import seqio
 
+import tasks.common as common
 from fiat_jax.data import metrics, preprocessors, sources, splits, tfds_builders
-from tasks import common
 
 CUT_SPLITS = {s: s for s in ("train", "validation", "test", "full")}
 NATIVE_SPLITS = {s: s for s in ("train", "validation", "test")}

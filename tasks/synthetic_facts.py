@@ -14,8 +14,8 @@ import functools
 import seqio
 import tensorflow as tf
 
+import tasks.common as common
 from fiat_jax.data import metrics, preprocessors, synthetic
-from tasks import common
 
 
 def _docs_fn(split: str, shuffle_files: bool = False, seed: int | None = None, *, lang: str, gen_seed: int):

@@ -15,9 +15,9 @@ import os
 import seqio
 import tensorflow as tf
 
+import tasks.common as common
 from fiat_jax.data import preprocessors, sources, synthetic, teacher_outputs, tfds_builders
 from fiat_jax.errors import UserError
-from tasks import common
 
 ALL_LANGUAGES = frozenset(
     sources.MGSM_LANGUAGES + sources.XCOPA_LANGUAGES + tuple(sources.TYDIQA_LANGUAGES) + sources.XOR_ATTRIQA_LANGUAGES

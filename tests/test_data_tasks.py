@@ -6,7 +6,7 @@ import pytest
 import seqio
 
 import tasks
-from fiat_jax.data import tasks_cli
+from fiat_jax import tasks_command
 from fiat_jax.errors import UserError
 
 
@@ -113,20 +113,20 @@ def test_tasks_cli_list_and_show(shared_data_dir, tfds_dir, capsys):
 
     gin.bind_parameter("register_all.data_dir", str(shared_data_dir))
     gin.bind_parameter("register_all.tfds_dir", tfds_dir)
-    tasks_cli.tasks_main(action="list", name=None, split="train", n=3)
+    tasks_command.tasks_main(action="list", name=None, split="train", n=3)
     listed = capsys.readouterr().out
     assert "mgsm_en\tsplits=train:125,validation:25,test:100,full:250\n" in listed and "lang_sw\tmixture" in listed
     assert ("xcopa_sw\tsplits=train:80,validation:20,test:500 from train: seeded 80% of published validation; "
             "validation: seeded 20% of published validation; test: published test\n") in listed
     assert "synthetic_docs_en\tsplits=train:12\n" in listed
     assert "xor_attriqa_bn\tsplits=train,validation,test (unavailable: " in listed  # not in ../shared/data
-    tasks_cli.tasks_main(action="show", name="mgsm_en", split="train", n=2)
+    tasks_command.tasks_main(action="show", name="mgsm_en", split="train", n=2)
     shown = capsys.readouterr().out
     assert shown.count("--- mgsm_en [train]") == 2 and "inputs (" in shown and "targets (" in shown
     with pytest.raises(UserError, match="no task or mixture named 'nope'"):
-        tasks_cli.tasks_main(action="show", name="nope", split="train", n=1)
+        tasks_command.tasks_main(action="show", name="nope", split="train", n=1)
     with pytest.raises(UserError, match="has no split 'dev'"):
-        tasks_cli.tasks_main(action="show", name="mgsm_en", split="dev", n=1)
+        tasks_command.tasks_main(action="show", name="mgsm_en", split="dev", n=1)
 
 
 def test_xcopa_train_is_carved_out_of_validation_disjoint_and_capped(shared_data_dir, tfds_dir):

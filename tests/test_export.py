@@ -58,7 +58,7 @@ def lora_run(tmp_path_factory):
 def test_export_formats_read_back_with_the_trained_logits(lora_run, tmp_path):
     from fiat_jax import export
     from fiat_jax.models import build_model, checkpoint_import as ci, embedded
-    from fiat_jax.peft import lora
+    from fiat_jax.peft import hf_adapter, lora
 
     trained = export.restore_run(lora_run)
     want = _logits(trained)
@@ -71,7 +71,7 @@ def test_export_formats_read_back_with_the_trained_logits(lora_run, tmp_path):
         cfg = json.loads((adapter / "adapter_config.json").read_text())
         assert cfg["peft_type"] == "LORA" and cfg["r"] == 8 and cfg["lora_alpha"] == 16.0
         assert isinstance(cfg["target_modules"], list) and isinstance(cfg["use_rslora"], bool)
-        loaded = lora.load_peft(build_model(config=trained.config, seed=0), adapter)
+        loaded = hf_adapter.load_peft(build_model(config=trained.config, seed=0), adapter)
         np.testing.assert_allclose(_logits(loaded), want, atol=1e-5)
 
     assert cli.main(["export", f"--model_dir={lora_run}", "--format=merged", f"--out={tmp_path / 'hf'}"]) == 0

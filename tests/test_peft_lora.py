@@ -111,7 +111,7 @@ def test_export_load_roundtrip_in_hf_layout(tmp_path, cfg):
     model = lora.apply_lora(build_model(config=cfg, seed=0), rank=4, alpha=8.0, rslora=True)
     _randomise_b(model)
     want = np.asarray(model.logits_from_batch(batch))
-    out = lora.export_peft(model, tmp_path / "adapter", base_model_name_or_path="tiny")
+    out = hf_adapter.export_peft(model, tmp_path / "adapter", base_model_name_or_path="tiny")
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 8.0 and config["use_rslora"] is True
     from fiat_jax.models import checkpoint_import as ci
@@ -127,25 +127,25 @@ def test_export_load_roundtrip_in_hf_layout(tmp_path, cfg):
         assert config["task_type"] == "SEQ_2_SEQ_LM"
         assert "base_model.model.decoder.block.1.layer.1.EncDecAttention.o.lora_B.weight" in tensors
     fresh = build_model(config=cfg, seed=0)
-    loaded = lora.load_peft(fresh, out)
+    loaded = hf_adapter.load_peft(fresh, out)
     np.testing.assert_allclose(np.asarray(loaded.logits_from_batch(batch)), want, atol=1e-6, rtol=0)
     # into a model that already has adapters of the same rank: values replaced
     again = lora.apply_lora(build_model(config=cfg, seed=0), rank=4, alpha=8.0, rslora=True)
-    np.testing.assert_allclose(np.asarray(lora.load_peft(again, out).logits_from_batch(batch)), want, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(hf_adapter.load_peft(again, out).logits_from_batch(batch)), want, atol=1e-6)
 
 
 def test_load_refuses_other_rank_or_base(tmp_path):
     model = lora.apply_lora(build_model(config=DEC, seed=0), rank=4, alpha=8.0)
-    out = lora.export_peft(model, tmp_path / "adapter")
+    out = hf_adapter.export_peft(model, tmp_path / "adapter")
     with pytest.raises(UserError, match="rank 4 .* has rank 2"):
-        lora.load_peft(lora.apply_lora(build_model(config=DEC, seed=0), rank=2, alpha=4.0), out)
+        hf_adapter.load_peft(lora.apply_lora(build_model(config=DEC, seed=0), rank=2, alpha=4.0), out)
     other = DecoderConfig(**{**DEC.__dict__, "d_model": 48})
     with pytest.raises(UserError, match="another base model \\(hidden_size=32, this model has 48\\)"):
-        lora.load_peft(build_model(config=other, seed=0), out)
+        hf_adapter.load_peft(build_model(config=other, seed=0), out)
     deeper = DecoderConfig(**{**DEC.__dict__, "num_layers": 1})
     (out / "adapter_model.safetensors").write_bytes(_strip_metadata(out / "adapter_model.safetensors"))
     with pytest.raises(UserError, match="model.layers.1.self_attn.*which this base model lacks"):
-        lora.load_peft(build_model(config=deeper, seed=0), out)
+        hf_adapter.load_peft(build_model(config=deeper, seed=0), out)
     with pytest.raises(UserError, match="adapter_config.json not found"):
         hf_adapter.load_peft(build_model(config=DEC, seed=0), tmp_path)
 

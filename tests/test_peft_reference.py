@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fiat_jax.peft import lora
+from fiat_jax.peft import hf_adapter, lora
 
 pytestmark = pytest.mark.reference
 
@@ -49,7 +49,7 @@ def test_exported_adapter_loads_into_hf_peft(tmp_path, rslora):
     rng = np.random.default_rng(1)
     for m in lora.lora_modules(model).values():
         m.lora_b.set_value(rng.normal(0, 0.2, m.lora_b.shape).astype(np.float32))
-    lora.export_peft(model, tmp_path / "adapter")
+    hf_adapter.export_peft(model, tmp_path / "adapter")
     tokens = rng.integers(1, 96, size=(2, 12)).astype(np.int32)
     got = _logits(model, tokens)
     hf_peft = peft.PeftModel.from_pretrained(hf, str(tmp_path / "adapter")).eval()
@@ -73,7 +73,7 @@ def test_hf_peft_adapter_loads_into_ours(tmp_path):
     tokens = np.random.default_rng(2).integers(1, 96, size=(2, 12)).astype(np.int32)
     with torch.no_grad():
         want = hf_peft(input_ids=torch.tensor(tokens, dtype=torch.long)).logits.numpy()
-    model = lora.load_peft(_ours(tmp_path / "base"), tmp_path / "hf_adapter")
+    model = hf_adapter.load_peft(_ours(tmp_path / "base"), tmp_path / "hf_adapter")
     assert "layers_1/mlp/wi_1" in lora.lora_modules(model) and len(lora.lora_modules(model)) == 10
     print(f"HF peft adapter in ours: max |diff| {np.abs(_logits(model, tokens) - want).max():.2e}")
     assert np.abs(_logits(model, tokens) - want).max() < 1e-4

@@ -15,28 +15,18 @@ row is a UserError of one line naming the file, the line and the field.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
+from fiat_jax.data import readers
 from fiat_jax.errors import UserError
 
 
 def _rows(path: str, what: str) -> list[tuple[int, dict[str, Any]]]:
     if not os.path.isfile(path):
         raise UserError(f"{what}: no file {path}")
-    out = []
     with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{what}: {path}:{lineno}: not JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise UserError(f"{what}: {path}:{lineno}: a row must be a JSON object")
-            out.append((lineno, row))
+        out = list(readers.json_object_lines(fh, what=what, path=path))
     if not out:
         raise UserError(f"{what}: {path} has no rows")
     return out
@@ -53,18 +43,26 @@ def _text(row: dict[str, Any], field: str, where: str, *, required: bool = True)
     return value.strip()
 
 
+def _claim_id(seen: dict[str, int], item_id: str, *, where: str, lineno: int) -> str:
+    """``item_id``, once per file: a second use is a UserError naming the line of the first."""
+    if item_id in seen:
+        raise UserError(f"{where}: field 'id': {item_id!r} already used on line {seen[item_id]}")
+    seen[item_id] = lineno
+    return item_id
+
+
+def _language(row: dict[str, Any], where: str) -> str:
+    return _text(row, "language", where, required=False) or ""
+
+
 def read_documents(path: str) -> list[dict[str, Any]]:
     """The documents of a documents file (see the module docstring); ids must be unique."""
     docs: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for lineno, row in _rows(path, "documents file"):
         where = f"documents file {path}:{lineno}"
-        doc_id = _text(row, "id", where)
-        if doc_id in seen:
-            raise UserError(f"{where}: field 'id': {doc_id!r} already used on line {seen[doc_id]}")
-        seen[doc_id] = lineno
-        docs.append({"id": doc_id, "language": _text(row, "language", where, required=False) or "",
-                     "text": _text(row, "text", where)})
+        doc_id = _claim_id(seen, _text(row, "id", where), where=where, lineno=lineno)
+        docs.append({"id": doc_id, "language": _language(row, where), "text": _text(row, "text", where)})
     return docs
 
 
@@ -88,12 +86,9 @@ def read_probes(path: str) -> list[dict[str, Any]]:
         answer = _text(row, "answer", where)
         if answer not in options:
             raise UserError(f"{where}: field 'answer': {answer!r} is not one of the options {options}")
-        item_id = _text(row, "id", where, required=False) or f"probe{lineno}"
-        if item_id in seen:
-            raise UserError(f"{where}: field 'id': {item_id!r} already used on line {seen[item_id]}")
-        seen[item_id] = lineno
-        items.append({"id": item_id, "language": _text(row, "language", where, required=False) or "",
-                      "kind": kind, "question": prompt, "options": options, "answer": options.index(answer)})
+        item_id = _claim_id(seen, _text(row, "id", where, required=False) or f"probe{lineno}", where=where,
+                            lineno=lineno)
+        items.append({"id": item_id, "language": _language(row, where), "kind": kind, "question": prompt, "options": options, "answer": options.index(answer)})
     return items
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from fiat_jax.errors import UserError
@@ -71,6 +71,22 @@ class RowReport:
             more = f" (+{len(self.issues) - 5} more)" if len(self.issues) > 5 else ""
             log.warning("skipped %d bad rows of %d: %s%s", len(self.issues), self.read + len(self.issues),
                         shown, more)
+
+
+def json_object_lines(lines: Iterable[str], *, what: str, path: str | os.PathLike
+                      ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` for each non-blank line of a JSONL file whose every row must be a JSON object: a bad
+    line is one UserError line ``{what}: {path}:{line}: ...`` (user files that must be right, not skipped)."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{what}: {path}:{lineno}: not JSON ({err.msg})") from err
+        if not isinstance(row, dict):
+            raise UserError(f"{what}: {path}:{lineno}: a row must be a JSON object")
+        yield lineno, row
 
 
 class BadRow(ValueError):

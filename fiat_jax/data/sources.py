@@ -239,6 +239,16 @@ def read_xtreme_up_qa(data_dir: str, lang: str, report: RowReport, *, setting: s
     return out
 
 
+def _xtreme_up_qa_source(setting: str) -> SourceSpec:
+    """XTREME-UP QA in one setting (``qa_in_lang`` / ``qa_cross_lang``): same fields, its own test files."""
+    return SourceSpec(
+        f"xtreme_up_{setting}", XTREME_UP_QA_LANGUAGES,
+        {"title": "text", "context": "text", "question": "text", "answers": "text_list"},
+        lambda d, lang, r: read_xtreme_up_qa(d, lang, r, setting=setting),
+        lambda d, lang: os.path.join(d, "xtreme_up", setting, "test", f"{lang}.jsonl"),
+        content_fields=("context", "question"), subdir=os.path.join("xtreme_up", setting))
+
+
 SOURCES: dict[str, SourceSpec] = {
     "mgsm": SourceSpec("mgsm", MGSM_LANGUAGES, {"question": "text", "answer": "text"}, read_mgsm,
                        lambda d, lang: os.path.join(d, "mgsm", f"mgsm_{lang}.tsv"), content_fields=("question",),
@@ -263,16 +273,5 @@ SOURCES: dict[str, SourceSpec] = {
                                "label": "int"}, read_xor_attriqa,
                               lambda d, lang: os.path.join(d, "xor_attriqa", "in-language", f"{lang}.jsonl"),
                               content_fields=("query", "prediction", "passage"), subdir="xor_attriqa"),
-    "xtreme_up_qa_in_lang": SourceSpec(
-        "xtreme_up_qa_in_lang", XTREME_UP_QA_LANGUAGES,
-        {"title": "text", "context": "text", "question": "text", "answers": "text_list"},
-        lambda d, lang, r: read_xtreme_up_qa(d, lang, r, setting="qa_in_lang"),
-        lambda d, lang: os.path.join(d, "xtreme_up", "qa_in_lang", "test", f"{lang}.jsonl"),
-        content_fields=("context", "question"), subdir=os.path.join("xtreme_up", "qa_in_lang")),
-    "xtreme_up_qa_cross_lang": SourceSpec(
-        "xtreme_up_qa_cross_lang", XTREME_UP_QA_LANGUAGES,
-        {"title": "text", "context": "text", "question": "text", "answers": "text_list"},
-        lambda d, lang, r: read_xtreme_up_qa(d, lang, r, setting="qa_cross_lang"),
-        lambda d, lang: os.path.join(d, "xtreme_up", "qa_cross_lang", "test", f"{lang}.jsonl"),
-        content_fields=("context", "question"), subdir=os.path.join("xtreme_up", "qa_cross_lang")),
+    **{f"xtreme_up_{setting}": _xtreme_up_qa_source(setting) for setting in ("qa_in_lang", "qa_cross_lang")},
 }

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fiat_jax.errors import UserError
+import tensorflow as tf
 
 DEFAULT_FRACTIONS: Mapping[str, float] = {"train": 0.5, "validation": 0.1, "test": 0.4}
 TRAIN_SPLITS = ("train",)
@@ -137,8 +138,6 @@ def cut(examples: Sequence[dict[str, Any]], *, seed: int,
 
 def cap_filter(num_train_examples: int | None):
     """A seqio preprocessor keeping the first ``num_train_examples`` (by rank) of the train split only."""
-    import tensorflow as tf
-
     def _cap(ds: tf.data.Dataset) -> tf.data.Dataset:
         if num_train_examples is None:
             return ds

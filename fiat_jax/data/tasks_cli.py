@@ -1,22 +1,22 @@
-"""``fiat tasks list`` / ``fiat tasks show NAME --split train -n 3``: what a task feeds the model.
+"""What ``fiat tasks list`` / ``fiat tasks show NAME --split train -n 3`` print about the registered seqio tasks.
 
 ``list`` prints every task with the size of each split (preparing a TFDS-backed task on first use, which also runs
-its train/eval disjointness check), the training cap when one is set, and where a carved split comes from.
+its train/eval disjointness check), the training cap when one is set, and where a carved split comes from. The
+registrations themselves (top-level ``tasks``) are the CLI layer's to make: see ``fiat_jax.tasks_command``.
 """
 
 from __future__ import annotations
 
 import seqio
+import tensorflow_datasets as tfds
 
-import tasks  # registers tasks.register_all with gin before the CLI parses gin files (registers no task)
+from fiat_jax.data import sources, tfds_builders
 from fiat_jax.errors import UserError
 
 
-def tasks_main(*, action: str, name: str | None = None, split: str = "train", n: int = 3) -> None:
-    tasks.register_all()
+def print_tasks(*, action: str, name: str | None = None, split: str = "train", n: int = 3) -> None:
+    """``list`` or ``show`` the tasks and mixtures already in seqio's registries."""
     if action == "list":
-        import tensorflow_datasets as tfds
-
         tfds.disable_progress_bar()  # preparing a task on first use would print bars between the lines
         for task_name in sorted(seqio.TaskRegistry.names()):
             print(f"{task_name}\t{describe_splits(seqio.TaskRegistry.get(task_name))}", flush=True)
@@ -75,8 +75,6 @@ def split_sizes(task: seqio.Task) -> dict[str, int]:
 
 def describe_splits(task: seqio.Task) -> str:
     """``splits=train:125,validation:25,...`` plus the training cap and carved splits' origins, one line."""
-    from fiat_jax.data import sources, tfds_builders
-
     try:
         sizes = split_sizes(task)
     except UserError as err:

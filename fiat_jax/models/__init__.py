@@ -9,6 +9,8 @@ from typing import Any
 
 import gin
 
+from fiat_jax.errors import UserError
+
 
 @gin.configurable
 def build_model(*, config: Any, seed: int = 0, rngs: Any = None) -> Any:
@@ -17,15 +19,13 @@ def build_model(*, config: Any, seed: int = 0, rngs: Any = None) -> Any:
     ``rngs`` (an ``nnx.Rngs``) wins over ``seed``; parameters are created with eager sharding off (place them with
     ``partitioning.shard_state`` or build through ``partitioning.create_model``).
     """
-    from flax import nnx
-
-    from fiat_jax.errors import UserError
+    from flax import nnx  # lazy: `import fiat_jax.models` stays free of JAX/flax (the CLI's fast error path)
 
     name = type(config).__name__
     if name == "DecoderConfig":
-        from fiat_jax.models.decoder import Decoder as cls
+        from fiat_jax.models.decoder import Decoder as cls  # lazy: as flax above
     elif name == "T5Config":
-        from fiat_jax.models.t5 import EncoderDecoder as cls
+        from fiat_jax.models.t5 import EncoderDecoder as cls  # lazy: as flax above
     else:
         raise UserError(f"build_model: unknown model config {name} (expected DecoderConfig or T5Config)")
     if rngs is None:

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jinja2.exceptions import TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from fiat_jax.errors import UserError
+from fiat_jax.models.checkpoint_gguf import GGUFFile
 
 Message = Mapping[str, str]
 
@@ -23,13 +28,9 @@ def _raise(message: str) -> None:
 
 @functools.lru_cache(maxsize=16)
 def _compile(template: str) -> Any:
-    from jinja2.exceptions import TemplateSyntaxError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.globals["raise_exception"] = _raise
-    env.filters["tojson"] = lambda x, indent=None, **_: __import__("json").dumps(x, indent=indent,
-                                                                                 ensure_ascii=False)
+    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, indent=indent, ensure_ascii=False)
     try:
         return env.from_string(template)
     except TemplateSyntaxError as err:
@@ -59,8 +60,6 @@ class ChatTemplate:
 
 def template_from_gguf(gguf_file: Any) -> ChatTemplate:
     """The chat template stored in a GGUF file (``tokenizer.chat_template``), with its bos / eos strings."""
-    from fiat_jax.models.checkpoint_import import GGUFFile
-
     g = gguf_file if isinstance(gguf_file, GGUFFile) else GGUFFile(gguf_file)
     template = g.get("tokenizer.chat_template")
     if not template:
@@ -73,13 +72,3 @@ def template_from_gguf(gguf_file: Any) -> ChatTemplate:
 
     return ChatTemplate(str(template), bos_token=token("tokenizer.ggml.bos_token_id"),
                         eos_token=token("tokenizer.ggml.eos_token_id"))
-
-
-def format_chat(messages: Sequence[Message] | str, *, template: ChatTemplate | None = None,
-                add_generation_prompt: bool = True) -> str:
-    """Render a conversation with ``template`` (default: the embedded SmolLM2-Instruct's template)."""
-    if template is None:
-        from fiat_jax.models import embedded
-
-        template = embedded.load_embedded().chat_template
-    return template.format(messages, add_generation_prompt=add_generation_prompt)

@@ -9,12 +9,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import gguf
 import numpy as np
 
 from fiat_jax.errors import UserError
 from fiat_jax.models.checkpoint_gguf import _GGUF_TO_HF_LAYER, _GGUF_TO_HF_TOP, permute_rope_rows
 from fiat_jax.models.checkpoint_hf import _LLAMA_MODEL_TYPES, _hf_llama_shape, _hf_t5_shape, _save_safetensors
-from fiat_jax.models.checkpoint_match import Flat, PathLike, _key_name
+from fiat_jax.models.checkpoint_match import Flat, PathLike, flat_leaves
 from fiat_jax.models.checkpoint_names import _FIELD_ALIASES, llama_rules, t5_rules
 
 
@@ -56,22 +57,7 @@ def export_safetensors(params: Any, path: PathLike, *, names: str = "ours", conf
 
 
 def _flat_values(params: Any) -> Flat:
-    import jax
-
-    tree = params
-    from flax import nnx
-
-    if isinstance(params, nnx.Module):
-        tree = nnx.state(params, nnx.Param)
-    if isinstance(tree, nnx.State):
-        tree = tree.to_pure_dict()
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        names = [_key_name(k) for k in path]
-        if len(names) > 1 and names[-1] == "value":
-            names = names[:-1]
-        out[".".join(names)] = np.asarray(leaf)
-    return out
+    return {name: np.asarray(leaf) for name, leaf in flat_leaves(params).items()}
 
 
 def _cfg(config: Any, *names: str, default: Any = None) -> Any:
@@ -136,8 +122,6 @@ def export_gguf(params: Any, path: PathLike, *, config: Any, quant: str = "F32",
     ``tokenizer``: optional ``{"tokens": [...], "merges": [...], "token_types": [...], "pre": "smollm",
     "eos_id": int, "bos_id": int, "unk_id": int, "chat_template": str}`` stored as llama.cpp's keys.
     """
-    import gguf
-
     if getattr(config, "rope_scaling", None):
         raise UserError("GGUF export of a model with Llama 3 RoPE scaling is not supported (export safetensors)")
     qtype = getattr(gguf.GGMLQuantizationType, quant, None)

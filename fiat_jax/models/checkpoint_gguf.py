@@ -11,6 +11,7 @@ import pathlib
 import re
 from typing import Any
 
+import gguf
 import numpy as np
 
 from fiat_jax.errors import UserError
@@ -30,8 +31,6 @@ class GGUFFile:
     """Metadata and tensors of one GGUF file; tensors are dequantised to float32 on access."""
 
     def __init__(self, path: PathLike):
-        import gguf
-
         self.path = pathlib.Path(path)
         if not self.path.exists():
             raise UserError(f"GGUF file not found: {self.path}")
@@ -74,8 +73,6 @@ class GGUFFile:
 
     def tensor(self, name: str) -> np.ndarray:
         """Dequantised float32 array in numpy (row-major) order: a 2-D weight is ``[rows=out, cols=in]``."""
-        import gguf
-
         t = self._tensors[name]
         kind = t.tensor_type.name
         if kind not in SUPPORTED_GGUF_TYPES:

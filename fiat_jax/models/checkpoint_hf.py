@@ -11,9 +11,12 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
+import ml_dtypes
 import numpy as np
+from safetensors.numpy import save_file
 
 from fiat_jax.errors import UserError
+from fiat_jax.models import t5
 from fiat_jax.models.checkpoint_match import Flat, PathLike
 from fiat_jax.models.checkpoint_names import (
     _T5_ALIASES, LlamaShape, T5Shape, _decoder_config, _t5_config, apply_rules, llama_rules, t5_rules)
@@ -29,8 +32,6 @@ _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np
 
 def _st_dtype(code: str, path: PathLike) -> np.dtype:
     if code == "BF16":
-        import ml_dtypes
-
         return np.dtype(ml_dtypes.bfloat16)
     if code not in _ST_DTYPES:
         raise UserError(f"{path}: unsupported safetensors dtype {code}")
@@ -99,8 +100,6 @@ def read_hf_safetensors(path: PathLike) -> Flat:
 
 
 def _save_safetensors(tensors: Mapping[str, np.ndarray], path: PathLike, metadata: Mapping[str, str] | None) -> None:
-    from safetensors.numpy import save_file
-
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=dict(metadata or {}))
 
 
@@ -208,8 +207,6 @@ def config_from_hf(config_json: PathLike | Mapping[str, Any], **overrides: Any):
 
 
 def _t5_activation_fields(act: str, gated: bool) -> dict[str, Any]:
-    from fiat_jax.models import t5
-
     fields = {f.name for f in dataclasses.fields(t5.T5Config)}
     ours = {"gelu_new": "gelu", "relu": "relu", "silu": "silu"}.get(act, act)
     if "mlp_activations" in fields:

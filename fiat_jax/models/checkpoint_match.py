@@ -12,7 +12,9 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import jax
 import numpy as np
+from flax import nnx
 
 from fiat_jax.errors import UserError
 
@@ -32,27 +34,27 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
-def target_shapes(target: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """``{"layers_0.attention.query.kernel": (shape, dtype)}`` of an NNX module, its Param state or a nested dict."""
-    import jax
-
+def flat_leaves(target: Any) -> dict[str, Any]:
+    """``{"layers_0.attention.query.kernel": leaf}`` of an NNX module (its Params), its Param state or a nested
+    dict (a trailing ``value`` key, as NNX states have, is dropped)."""
     tree = target
-    try:
-        from flax import nnx
-
-        if isinstance(target, nnx.Module):
-            tree = nnx.state(target, nnx.Param)
-        if isinstance(tree, nnx.State):
-            tree = tree.to_pure_dict()
-    except ImportError:  # pragma: no cover - flax is a hard dependency
-        pass
+    if isinstance(target, nnx.Module):
+        tree = nnx.state(target, nnx.Param)
+    if isinstance(tree, nnx.State):
+        tree = tree.to_pure_dict()
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         names = [_key_name(k) for k in path]
         if len(names) > 1 and names[-1] == "value":
             names = names[:-1]
-        out[".".join(names)] = (tuple(int(d) for d in leaf.shape), np.dtype(leaf.dtype))
+        out[".".join(names)] = leaf
     return out
+
+
+def target_shapes(target: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{"layers_0.attention.query.kernel": (shape, dtype)}`` of an NNX module, its Param state or a nested dict."""
+    return {name: (tuple(int(d) for d in leaf.shape), np.dtype(leaf.dtype))
+            for name, leaf in flat_leaves(target).items()}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Flat:
@@ -82,9 +84,6 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 def load_into(model: Any, params: Mapping[str, Any], *, source: str = "params") -> None:
     """Write a nested param dict into an NNX model in place, strictly matched, keeping each parameter's dtype and
     sharding (so a model already placed on a mesh stays placed)."""
-    import jax
-    from flax import nnx
-
     matched = match_to_target(flatten(params), model, source=source)
     state = nnx.state(model, nnx.Param)
     current = state.to_pure_dict()

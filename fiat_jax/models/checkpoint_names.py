@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fiat_jax.errors import UserError
+from fiat_jax.models import decoder, t5
 from fiat_jax.models.checkpoint_match import Flat, _merge_compatible
 
 
@@ -169,14 +170,10 @@ def apply_rules(tensors: Mapping[str, np.ndarray], rules: Iterable[Rule], *,
 
 def _decoder_config(**values: Any):
     """Build DecoderConfig from canonical field names, mapping onto whatever its fields are called."""
-    from fiat_jax.models import decoder
-
     return _build_config(decoder.DecoderConfig, values)
 
 
 def _t5_config(**values: Any):
-    from fiat_jax.models import t5
-
     return _build_config(t5.T5Config, values)
 
 

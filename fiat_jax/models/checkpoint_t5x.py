@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import tensorstore as ts
+from flax import serialization
 
 from fiat_jax.errors import UserError
 from fiat_jax.models.checkpoint_match import Flat, PathLike, flatten
@@ -26,8 +28,6 @@ def _is_ts_spec(x: Any) -> bool:
 
 def read_t5x_checkpoint(path: PathLike) -> Flat:
     """Classic T5X ``checkpoint_N`` dir (or its ``checkpoint`` file) -> params ``optimizer/target`` flat."""
-    from flax import serialization
-
     path = pathlib.Path(path)
     ckpt_dir = path if path.is_dir() else path.parent
     ckpt_file = ckpt_dir / "checkpoint"
@@ -59,8 +59,6 @@ def _flatten_t5x(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _read_t5x_leaf(value: Any, ckpt_dir: pathlib.Path, name: str) -> np.ndarray:
     if not _is_ts_spec(value):
         return np.asarray(value)
-    import tensorstore as ts
-
     spec = json.loads(json.dumps(value))
     kvstore = spec["kvstore"]
     if kvstore.get("driver") not in ("file", "gfile"):
@@ -77,7 +75,7 @@ def _read_t5x_leaf(value: Any, ckpt_dir: pathlib.Path, name: str) -> np.ndarray:
 def read_orbax_params(path: PathLike) -> Flat:
     """Params of a checkpoint our trainer wrote: ``MODEL_DIR``, ``MODEL_DIR/checkpoints``, a step dir or its
     ``state`` item dir (the newest step when not given)."""
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # lazy: ~0.6 s to import; only reading an orbax checkpoint needs it
 
     path = pathlib.Path(path)
     if (path / "checkpoints").is_dir():

@@ -39,17 +39,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fiat_jax.models import layers
+import fiat_jax.models.layers as layers
 from fiat_jax.models.layers import Array, constrain
-
-
-def _dtype(name: Any) -> Any:
-    return jnp.dtype(name) if isinstance(name, str) else name
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(layers.RematChecked):
     """Shapes of a Llama-family decoder. ``dtype`` is the compute dtype ("bfloat16" option); ``param_dtype`` the
     storage dtype of parameters."""
 
@@ -75,31 +71,23 @@ class DecoderConfig:
     # Activation rematerialisation of each layer in training: "none", "full" or "save_dots" (layers.REMAT_POLICIES).
     remat: str = "none"
 
-    def __post_init__(self):
-        layers.check_remat(self.remat)
-
 
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
-        kw = dict(dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype), rngs=rngs)
-        self.pre_attention_layer_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **kw)
+        kw = layers.dtype_kwargs(cfg, rngs)
+        self.pre_attention_layer_norm = layers.pre_norm(cfg, **kw)
         self.attention = layers.Attention(cfg.d_model, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
                                           head_dim=cfg.head_dim, query_scale=cfg.head_dim ** -0.5,
                                           rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling,
                                           dropout_rate=cfg.dropout_rate, **kw)
-        self.pre_mlp_layer_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **kw)
-        self.mlp = layers.MlpBlock(cfg.d_model, cfg.mlp_dim, activations=cfg.mlp_activations,
-                                   dropout_rate=cfg.dropout_rate, **kw)
-        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+        layers.add_mlp_sublayer(self, cfg, **kw)
 
     def __call__(self, x: Array, *, mask: Array, positions: Array, cache: dict | None, cache_index: Array | None,
                  deterministic: bool) -> tuple[Array, dict | None]:
         h, new_cache = self.attention(self.pre_attention_layer_norm(x), mask=mask, q_positions=positions,
                                       cache=cache, cache_index=cache_index, deterministic=deterministic)
         x = x + self.dropout(h, deterministic=deterministic)
-        h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic)
-        x = x + self.dropout(h, deterministic=deterministic)
-        return constrain(x, ("batch", "length", "embed")), new_cache
+        return layers.mlp_residual(self, x, deterministic=deterministic), new_cache
 
 
 class Decoder(nnx.Module):
@@ -109,24 +97,18 @@ class Decoder(nnx.Module):
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
         self.config = config
-        dt, pdt = _dtype(config.dtype), _dtype(config.param_dtype)
-        self.token_embedder = layers.Embed(config.vocab_size, config.d_model, dtype=dt, param_dtype=pdt,
-                                           init_std=config.embedding_init_std, rngs=rngs)
-        for i in range(config.num_layers):
-            setattr(self, f"layers_{i}", DecoderLayer(config, rngs=rngs))
-        self.decoder_norm = layers.RMSNorm(config.d_model, eps=config.norm_eps, dtype=dt, param_dtype=pdt,
-                                           rngs=rngs)
-        if not config.tie_embeddings:
-            self.logits_dense = layers.DenseGeneral(config.d_model, config.vocab_size, names=("embed", "vocab"),
-                                                    dtype=dt, param_dtype=pdt, rngs=rngs)
-        self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+        kw = layers.dtype_kwargs(config, rngs)
+        self.token_embedder = layers.Embed(config.vocab_size, config.d_model, init_std=config.embedding_init_std,
+                                           **kw)
+        layers.add_layers(self, config.num_layers, lambda: DecoderLayer(config, rngs=rngs))
+        layers.add_output_head(self, config, **kw)
 
     # -- cache -------------------------------------------------------------------------------------------------
     def init_cache(self, batch_size: int, max_len: int, dtype: Any = None) -> dict[str, Any]:
         """Empty functional KV cache: per layer ``k/v [B, S, K, hd]``; ``valid``/``causal`` ``[B, S]`` slot flags;
         ``index`` the next slot to write."""
         c = self.config
-        dt = _dtype(dtype or c.dtype)
+        dt = layers.as_dtype(dtype or c.dtype)
         shape = (batch_size, max_len, c.num_kv_heads, c.head_dim)
         cache: dict[str, Any] = {f"layers_{i}": {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
                                  for i in range(c.num_layers)}
@@ -148,7 +130,7 @@ class Decoder(nnx.Module):
         real (left padding); keys outside it are never attended and positions count only real tokens.
         With ``cache``: the chunk is written at ``cache["index"]`` and attends to every valid earlier slot.
         """
-        x = self.token_embedder(tokens) if embeddings is None else embeddings.astype(_dtype(self.config.dtype))
+        x = self.token_embedder(tokens) if embeddings is None else embeddings.astype(layers.as_dtype(self.config.dtype))
         b, t = x.shape[:2]
         x = constrain(x, ("batch", "length", "embed"))
         x = self.dropout(x, deterministic=deterministic)

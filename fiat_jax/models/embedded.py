@@ -16,15 +16,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
+import json
 import logging
 import pathlib
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import gin
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
 from fiat_jax.errors import UserError
+from fiat_jax.models import chat, checkpoint_import as ci, vocabularies
+from fiat_jax.models.decoder import Decoder
+from fiat_jax.models.t5 import EncoderDecoder
 
 _log = logging.getLogger(__name__)
 
@@ -69,8 +77,6 @@ _lock = threading.Lock()
 
 @functools.lru_cache(maxsize=4)
 def _load_gguf(path: str) -> Pretrained:
-    from fiat_jax.models import chat, checkpoint_import as ci, vocabularies
-
     start = time.perf_counter()
     g = ci.GGUFFile(path)
     flat, unknown = ci.read_gguf_params(path)
@@ -86,8 +92,6 @@ def _load_gguf(path: str) -> Pretrained:
 
 @functools.lru_cache(maxsize=4)
 def _load_hf_dir(path: str) -> Pretrained:
-    from fiat_jax.models import checkpoint_import as ci
-
     folder = pathlib.Path(path)
     config = ci.config_from_hf(folder / "config.json")
     flat, unknown = ci.read_hf_params(folder)
@@ -97,10 +101,6 @@ def _load_hf_dir(path: str) -> Pretrained:
     template = None
     cfg_path = folder / "tokenizer_config.json"
     if cfg_path.exists():
-        import json
-
-        from fiat_jax.models import chat
-
         tok_cfg = json.loads(cfg_path.read_text())
         if tok_cfg.get("chat_template"):
             template = chat.ChatTemplate(str(tok_cfg["chat_template"]))
@@ -135,8 +135,6 @@ def load_embedded() -> Pretrained:
 
 def _dir_vocabulary(folder: pathlib.Path, *, extra_ids: int = 0) -> Any:
     """The tokenizer stored in a checkpoint directory (``tokenizer.json`` or ``spiece.model``), else None."""
-    from fiat_jax.models import vocabularies
-
     if (folder / "tokenizer.json").exists():
         return vocabularies.hf_tokenizer_vocabulary(folder)
     if (folder / "spiece.model").exists():
@@ -146,8 +144,6 @@ def _dir_vocabulary(folder: pathlib.Path, *, extra_ids: int = 0) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _vocabulary_of(source: str, extra_ids: int) -> Any:
-    from fiat_jax.models import vocabularies
-
     path = pathlib.Path(source).expanduser()
     if source.startswith("embedded:") or path.suffix == ".gguf":
         return load_pretrained(source).vocabulary
@@ -207,8 +203,6 @@ def pretrained_params(model: Any, *, checkpoint: str = EMBEDDED_SOURCE) -> None:
     """``train.initial_params = @pretrained_params``: write ``checkpoint``'s weights into a freshly built model
     (strict, shardings kept). Any checkpoint :func:`load_pretrained` or ``checkpoint_import.load_params`` reads;
     a checkpoint that carries its config (GGUF, HF) must also agree with the model's config."""
-    from fiat_jax.models import checkpoint_import as ci
-
     path = pathlib.Path(str(checkpoint)).expanduser()
     if str(checkpoint).startswith("embedded:") or path.suffix == ".gguf" or (path / "config.json").exists():
         pre = load_pretrained(str(checkpoint))
@@ -224,35 +218,33 @@ def pretrained_params(model: Any, *, checkpoint: str = EMBEDDED_SOURCE) -> None:
 
 def build_model(config: Any, params: dict[str, Any], *, source: str = "params") -> Any:
     """Instantiate the model for ``config`` without random init and pour ``params`` in (strict)."""
-    from flax import nnx
-
-    from fiat_jax.models import checkpoint_import as ci
-
     model_cls = _model_class(config)
     with nnx.use_eager_sharding(False):
         abstract = nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0)))
     matched = ci.match_to_target(ci.flatten(params), abstract, source=source)
     graphdef, param_state, rest = nnx.split(abstract, nnx.Param, ...)
     param_state.replace_by_pure_dict(ci._int_keys_like(param_state.to_pure_dict(), matched))
-    rest_leaves = [x for x in __import__("jax").tree.leaves(rest)]
+    rest_leaves = [x for x in jax.tree.leaves(rest)]
     if rest_leaves:  # non-param state (e.g. rng counters): build it for real, it is tiny
         with nnx.use_eager_sharding(False):
             real_rest = nnx.split(model_cls(config, rngs=nnx.Rngs(0)), nnx.Param, ...)[2]
         rest = real_rest
-    import jax.numpy as jnp
-
-    param_state = __import__("jax").tree.map(jnp.asarray, param_state)
+    param_state = jax.tree.map(jnp.asarray, param_state)
     return nnx.merge(graphdef, param_state, rest)
 
 
 def _model_class(config: Any) -> type:
     name = type(config).__name__
     if name == "DecoderConfig":
-        from fiat_jax.models.decoder import Decoder
-
         return Decoder
     if name == "T5Config":
-        from fiat_jax.models.t5 import EncoderDecoder
-
         return EncoderDecoder
     raise UserError(f"no model class for config type {name}")
+
+
+def format_chat(messages: Sequence[chat.Message] | str, *, template: chat.ChatTemplate | None = None,
+                add_generation_prompt: bool = True) -> str:
+    """Render a conversation with ``template`` (default: the embedded SmolLM2-Instruct's template)."""
+    if template is None:
+        template = load_embedded().chat_template
+    return template.format(messages, add_generation_prompt=add_generation_prompt)

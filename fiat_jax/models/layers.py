@@ -19,16 +19,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fiat_jax.models import attention_core
+import fiat_jax.models.attention_core as attention_core
+from fiat_jax import partitioning
+from fiat_jax.errors import UserError
 
 Array = jax.Array
 DType = Any
 
 
 def constrain(x: Array, names: Sequence[str | None]) -> Array:
-    """``partitioning.constrain`` imported lazily (keeps the models importable on their own)."""
-    from fiat_jax import partitioning
-
+    """``partitioning.constrain`` with ``names`` as a tuple (the logical axis names of ``x``)."""
     return partitioning.constrain(x, tuple(names))
 
 
@@ -334,8 +334,6 @@ REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
 
 def check_remat(remat: str) -> str:
     if remat != "none" and remat not in REMAT_POLICIES:
-        from fiat_jax.errors import UserError
-
         raise UserError(f"remat must be one of none, {', '.join(REMAT_POLICIES)}; got {remat!r}")
     return remat
 
@@ -348,3 +346,62 @@ def remat_call(remat: str, fn: Callable[..., Any], module: nnx.Module, *args: Ar
     if check_remat(remat) == "none":
         return fn(module, *args)
     return nnx.remat(fn, policy=REMAT_POLICIES[remat], prevent_cse=True)(module, *args)
+
+
+# -- pieces the decoder and T5 build the same way ---------------------------------------------------------------
+def as_dtype(name: Any) -> Any:
+    """A config's dtype field ("float32", "bfloat16") as a dtype (a dtype passes through)."""
+    return jnp.dtype(name) if isinstance(name, str) else name
+
+
+def dtype_kwargs(cfg: Any, rngs: nnx.Rngs) -> dict[str, Any]:
+    """``dtype`` / ``param_dtype`` / ``rngs`` keyword arguments of every module a model config builds."""
+    return dict(dtype=as_dtype(cfg.dtype), param_dtype=as_dtype(cfg.param_dtype), rngs=rngs)
+
+
+class RematChecked:
+    """``__post_init__`` of the model configs: a wrong ``remat`` fails when the config is made.
+
+    A plain base (not a dataclass), so each config keeps its own fields in its own order (a config's repr is part
+    of a checkpoint's fingerprint)."""
+
+    remat: str
+
+    def __post_init__(self) -> None:
+        check_remat(self.remat)
+
+
+def pre_norm(cfg: Any, **kw: Any) -> RMSNorm:
+    """The RMSNorm in front of each attention / MLP sublayer."""
+    return RMSNorm(cfg.d_model, eps=cfg.norm_eps, **kw)
+
+
+def add_mlp_sublayer(layer: nnx.Module, cfg: Any, **kw: Any) -> None:
+    """The last sublayer every transformer layer here builds: ``pre_mlp_layer_norm``, ``mlp``, ``dropout`` (the
+    names checkpoints use, built in this order: the order their parameters draw random numbers in)."""
+    layer.pre_mlp_layer_norm = pre_norm(cfg, **kw)
+    layer.mlp = MlpBlock(cfg.d_model, cfg.mlp_dim, activations=cfg.mlp_activations, dropout_rate=cfg.dropout_rate,
+                         **kw)
+    layer.dropout = nnx.Dropout(cfg.dropout_rate, rngs=kw["rngs"])
+
+
+def mlp_residual(layer: nnx.Module, x: Array, *, deterministic: bool) -> Array:
+    """The sublayer :func:`add_mlp_sublayer` built, applied: ``x + dropout(mlp(pre_mlp_layer_norm(x)))``,
+    sharding-constrained."""
+    h = layer.mlp(layer.pre_mlp_layer_norm(x), deterministic=deterministic)
+    return constrain(x + layer.dropout(h, deterministic=deterministic), ("batch", "length", "embed"))
+
+
+def add_layers(module: nnx.Module, count: int, build: Callable[[], nnx.Module]) -> None:
+    """``module.layers_0 .. layers_{count-1}`` = ``build()`` each (the names checkpoints and LoRA regexes use)."""
+    for i in range(count):
+        setattr(module, f"layers_{i}", build())
+
+
+def add_output_head(module: nnx.Module, cfg: Any, **kw: Any) -> None:
+    """How both decoders end: ``decoder_norm``, ``logits_dense`` unless the embeddings are tied, ``dropout``
+    (built in this order, the order their parameters draw random numbers in)."""
+    module.decoder_norm = pre_norm(cfg, **kw)
+    if not cfg.tie_embeddings:
+        module.logits_dense = DenseGeneral(cfg.d_model, cfg.vocab_size, names=("embed", "vocab"), **kw)
+    module.dropout = nnx.Dropout(cfg.dropout_rate, rngs=kw["rngs"])

@@ -37,14 +37,13 @@ import gin
 import jax.numpy as jnp
 from flax import nnx
 
-from fiat_jax.models import layers
-from fiat_jax.models.decoder import _dtype
+import fiat_jax.models.layers as layers
 from fiat_jax.models.layers import Array, constrain
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(layers.RematChecked):
     """T5 v1.1 shapes (defaults: t5.1.1 small)."""
 
     vocab_size: int = 32128
@@ -68,47 +67,33 @@ class T5Config:
     # Activation rematerialisation of each layer in training: "none", "full" or "save_dots" (layers.REMAT_POLICIES).
     remat: str = "none"
 
-    def __post_init__(self):
-        layers.check_remat(self.remat)
-
-
-def _kw(cfg: T5Config, rngs: nnx.Rngs) -> dict[str, Any]:
-    return dict(dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype), rngs=rngs)
-
 
 def _attention(cfg: T5Config, rngs: nnx.Rngs) -> layers.Attention:
     return layers.Attention(cfg.d_model, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
-                            dropout_rate=cfg.dropout_rate, **_kw(cfg, rngs))
+                            dropout_rate=cfg.dropout_rate, **layers.dtype_kwargs(cfg, rngs))
 
 
 class EncoderLayer(nnx.Module):
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
-        self.pre_attention_layer_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **_kw(cfg, rngs))
+        kw = layers.dtype_kwargs(cfg, rngs)
+        self.pre_attention_layer_norm = layers.pre_norm(cfg, **kw)
         self.attention = _attention(cfg, rngs)
-        self.pre_mlp_layer_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **_kw(cfg, rngs))
-        self.mlp = layers.MlpBlock(cfg.d_model, cfg.mlp_dim, activations=cfg.mlp_activations,
-                                   dropout_rate=cfg.dropout_rate, **_kw(cfg, rngs))
-        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+        layers.add_mlp_sublayer(self, cfg, **kw)
 
     def __call__(self, x: Array, *, mask: Array, bias: Array, deterministic: bool) -> Array:
         h, _ = self.attention(self.pre_attention_layer_norm(x), mask=mask, bias=bias, deterministic=deterministic)
         x = x + self.dropout(h, deterministic=deterministic)
-        x = x + self.dropout(self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic),
-                             deterministic=deterministic)
-        return constrain(x, ("batch", "length", "embed"))
+        return layers.mlp_residual(self, x, deterministic=deterministic)
 
 
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
-        kw = _kw(cfg, rngs)
-        self.pre_self_attention_layer_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **kw)
+        kw = layers.dtype_kwargs(cfg, rngs)
+        self.pre_self_attention_layer_norm = layers.pre_norm(cfg, **kw)
         self.self_attention = _attention(cfg, rngs)
-        self.pre_cross_attention_layer_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **kw)
+        self.pre_cross_attention_layer_norm = layers.pre_norm(cfg, **kw)
         self.encoder_decoder_attention = _attention(cfg, rngs)
-        self.pre_mlp_layer_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **kw)
-        self.mlp = layers.MlpBlock(cfg.d_model, cfg.mlp_dim, activations=cfg.mlp_activations,
-                                   dropout_rate=cfg.dropout_rate, **kw)
-        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+        layers.add_mlp_sublayer(self, cfg, **kw)
 
     def __call__(self, x: Array, encoded: Array | None, *, self_mask: Array, bias: Array, cross_mask: Array,
                  cross_kv: tuple[Array, Array] | None, cache: dict | None, cache_index: Array | None,
@@ -119,21 +104,22 @@ class DecoderLayer(nnx.Module):
         h, _ = self.encoder_decoder_attention(self.pre_cross_attention_layer_norm(x), encoded, mask=cross_mask,
                                               kv=cross_kv, deterministic=deterministic)
         x = x + self.dropout(h, deterministic=deterministic)
-        x = x + self.dropout(self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic),
-                             deterministic=deterministic)
-        return constrain(x, ("batch", "length", "embed")), new_cache
+        return layers.mlp_residual(self, x, deterministic=deterministic), new_cache
+
+
+def _relpos_bias(cfg: T5Config, rngs: nnx.Rngs, *, bidirectional: bool) -> layers.RelativePositionBiases:
+    return layers.RelativePositionBiases(
+        num_buckets=cfg.relative_attention_num_buckets, max_distance=cfg.relative_attention_max_distance,
+        num_heads=cfg.num_heads, bidirectional=bidirectional, **layers.dtype_kwargs(cfg, rngs))
 
 
 class Encoder(nnx.Module):
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
         self.num_layers = cfg.num_encoder_layers
         self.remat = cfg.remat
-        self.relpos_bias = layers.RelativePositionBiases(
-            num_buckets=cfg.relative_attention_num_buckets, max_distance=cfg.relative_attention_max_distance,
-            num_heads=cfg.num_heads, bidirectional=True, **_kw(cfg, rngs))
-        for i in range(cfg.num_encoder_layers):
-            setattr(self, f"layers_{i}", EncoderLayer(cfg, rngs=rngs))
-        self.encoder_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **_kw(cfg, rngs))
+        self.relpos_bias = _relpos_bias(cfg, rngs, bidirectional=True)
+        layers.add_layers(self, cfg.num_encoder_layers, lambda: EncoderLayer(cfg, rngs=rngs))
+        self.encoder_norm = layers.pre_norm(cfg, **layers.dtype_kwargs(cfg, rngs))
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
     def __call__(self, x: Array, *, mask: Array, deterministic: bool) -> Array:
@@ -151,16 +137,9 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
         self.num_layers = cfg.num_decoder_layers
-        self.relpos_bias = layers.RelativePositionBiases(
-            num_buckets=cfg.relative_attention_num_buckets, max_distance=cfg.relative_attention_max_distance,
-            num_heads=cfg.num_heads, bidirectional=False, **_kw(cfg, rngs))
-        for i in range(cfg.num_decoder_layers):
-            setattr(self, f"layers_{i}", DecoderLayer(cfg, rngs=rngs))
-        self.decoder_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, **_kw(cfg, rngs))
-        if not cfg.tie_embeddings:
-            self.logits_dense = layers.DenseGeneral(cfg.d_model, cfg.vocab_size, names=("embed", "vocab"),
-                                                    **_kw(cfg, rngs))
-        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+        self.relpos_bias = _relpos_bias(cfg, rngs, bidirectional=False)
+        layers.add_layers(self, cfg.num_decoder_layers, lambda: DecoderLayer(cfg, rngs=rngs))
+        layers.add_output_head(self, cfg, **layers.dtype_kwargs(cfg, rngs))
 
 
 class EncoderDecoder(nnx.Module):
@@ -170,7 +149,7 @@ class EncoderDecoder(nnx.Module):
 
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
         self.config = config
-        kw = _kw(config, rngs)
+        kw = layers.dtype_kwargs(config, rngs)
         self.token_embedder = layers.Embed(config.vocab_size, config.d_model, init_std=1.0, **kw)
         self.encoder = Encoder(config, rngs=rngs)
         self.decoder = Decoder(config, rngs=rngs)
@@ -205,7 +184,7 @@ class EncoderDecoder(nnx.Module):
         """Decode cache: per layer self-attention ``k/v [B, S, H, hd]`` and cross-attention K/V precomputed from
         ``encoded``; ``encoder_valid [B, Ti]``; ``index`` the next decoder slot."""
         c = self.config
-        dt = _dtype(dtype or c.dtype)
+        dt = layers.as_dtype(dtype or c.dtype)
         shape = (batch_size, max_len, c.num_heads, c.head_dim)
         cache: dict[str, Any] = {}
         for i in range(c.num_decoder_layers):

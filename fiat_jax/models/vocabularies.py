@@ -21,8 +21,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import seqio
+import tensorflow as tf
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers as pt
 
 from fiat_jax.errors import UserError
+from fiat_jax.models.checkpoint_gguf import GGUFFile
 
 SentencePieceVocabulary = seqio.SentencePieceVocabulary
 
@@ -86,8 +89,6 @@ class TokenizersVocabulary(seqio.Vocabulary):
 
     # tensorflow ------------------------------------------------------------------------------------------------
     def _encode_tf(self, s):
-        import tensorflow as tf
-
         def one(x):
             ids = tf.py_function(lambda t: tf.constant(self._encode(t.numpy().decode("utf-8")), tf.int32),
                                  [x], tf.int32)
@@ -99,8 +100,6 @@ class TokenizersVocabulary(seqio.Vocabulary):
         return tf.map_fn(one, s, fn_output_signature=tf.RaggedTensorSpec(shape=[None], dtype=tf.int32))
 
     def _decode_tf(self, ids):
-        import tensorflow as tf
-
         def one(x):
             text = tf.py_function(lambda t: tf.constant(self._decode(t.numpy().tolist()), tf.string), [x],
                                   tf.string)
@@ -134,8 +133,6 @@ def hf_tokenizer_vocabulary(path: str | pathlib.Path, *, eos_token: str | None =
                             extra_ids: int = 0) -> TokenizersVocabulary:
     """HF ``tokenizer.json`` (or a directory holding it). The EOS comes from ``eos_token`` or the
     ``tokenizer_config.json`` beside it."""
-    from tokenizers import Tokenizer
-
     path = pathlib.Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
@@ -173,8 +170,6 @@ _QWEN2_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|
 
 def _pre_tokenizer(pre: str) -> Any:
     """llama.cpp's ``tokenizer.ggml.pre`` name -> the equivalent HF pre-tokenizer (llama-vocab.cpp's regexes)."""
-    from tokenizers import Regex, pre_tokenizers as pt
-
     byte_level = pt.ByteLevel(add_prefix_space=False, use_regex=False)
     if pre in ("default", "gpt2", "gpt-2", "olmo", "jais"):
         return pt.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -196,10 +191,6 @@ _CONTROL, _USER_DEFINED, _UNKNOWN = 3, 4, 2
 
 def gguf_tokenizer(gguf_file: Any) -> Any:
     """A ``tokenizers.Tokenizer`` rebuilt from the vocab, merges and pre-tokenizer type stored in a GGUF file."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models
-
-    from fiat_jax.models.checkpoint_import import GGUFFile
-
     g = gguf_file if isinstance(gguf_file, GGUFFile) else GGUFFile(gguf_file)
     kind = g.get("tokenizer.ggml.model")
     if kind != "gpt2":
@@ -223,8 +214,6 @@ def gguf_tokenizer(gguf_file: Any) -> Any:
 
 def gguf_vocabulary(gguf_file: Any, *, extra_ids: int = 0) -> TokenizersVocabulary:
     """The BPE tokenizer inside a GGUF file as a seqio Vocabulary; eos / bos / unk ids from its metadata."""
-    from fiat_jax.models.checkpoint_import import GGUFFile
-
     g = gguf_file if isinstance(gguf_file, GGUFFile) else GGUFFile(gguf_file)
 
     def opt(key: str) -> int | None:

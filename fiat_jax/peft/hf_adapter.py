@@ -20,12 +20,14 @@ import math
 import os
 import pathlib
 import re
+import struct
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
+from safetensors.numpy import save_file
 
 from fiat_jax.errors import UserError
 from fiat_jax.models import checkpoint_import as ci
@@ -92,8 +94,6 @@ def export_peft(model: nnx.Module, directory: str | os.PathLike, *,
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"format": "pt", "fiat_jax_base": json.dumps(_base_signature(hf), sort_keys=True)}
-    from safetensors.numpy import save_file
-
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(directory / ADAPTER_WEIGHTS),
               metadata=meta)
     config = {
@@ -111,8 +111,6 @@ def export_peft(model: nnx.Module, directory: str | os.PathLike, *,
 
 
 def _read_header_metadata(path: pathlib.Path) -> dict[str, str]:
-    import struct
-
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         return dict(json.loads(f.read(n)).get("__metadata__") or {})

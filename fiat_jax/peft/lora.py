@@ -23,7 +23,7 @@ kaiming-uniform(a=√5)), ``B`` zero, so a fresh adapter reproduces the base mod
 Targets are regexes *fully matched* against base-relative parameter paths with ``/`` separators, e.g.
 ``layers_3/attention/query/kernel`` (decoder) or ``decoder/layers_0/encoder_decoder_attention/out/kernel`` (T5).
 The result is a :class:`~fiat_jax.peft.wrapper.PeftModel` (dropout needs its training flag). HF-peft export and
-import: :func:`export_peft` / :func:`load_peft` (:mod:`fiat_jax.peft.hf_adapter`).
+import: :func:`fiat_jax.peft.hf_adapter.export_peft` / :func:`~fiat_jax.peft.hf_adapter.load_peft`.
 """
 
 from __future__ import annotations
@@ -40,9 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fiat_jax import partitioning
 from fiat_jax.errors import UserError
 from fiat_jax.models import layers
 from fiat_jax.peft import wrapper
+from fiat_jax.peft.trainable import peft_filter
 
 Array = jax.Array
 
@@ -136,8 +138,6 @@ def _place_like(module: nnx.Module, reference: Any) -> None:
     mesh = getattr(sharding, "mesh", None)
     if not isinstance(sharding, jax.sharding.NamedSharding) or mesh is None or mesh.size == 1:
         return
-    from fiat_jax import partitioning
-
     state = nnx.state(module, nnx.LoRAParam)
     nnx.update(module, jax.device_put(state, partitioning.param_shardings(state, mesh)))
 
@@ -199,8 +199,6 @@ def lora_transform(*, targets: str = ATTENTION_TARGETS, rank: int = 8, alpha: fl
 
 def trainable_filter() -> Any:
     """The NNX filter training only the LoRA adapters (``peft_filter(mode='lora')``)."""
-    from fiat_jax.peft.trainable import peft_filter
-
     return peft_filter(mode="lora")
 
 
@@ -238,17 +236,3 @@ def merge(model: nnx.Module, *, copy: bool = True) -> nnx.Module:
 def count_params(model: nnx.Module, filt: Any = nnx.LoRAParam) -> int:
     """How many scalars the filter selects (e.g. adapter size)."""
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, filt))))
-
-
-def export_peft(model: nnx.Module, directory: Any, **kwargs: Any) -> Any:
-    """See :func:`fiat_jax.peft.hf_adapter.export_peft`."""
-    from fiat_jax.peft import hf_adapter
-
-    return hf_adapter.export_peft(model, directory, **kwargs)
-
-
-def load_peft(model: nnx.Module, directory: Any, **kwargs: Any) -> nnx.Module:
-    """See :func:`fiat_jax.peft.hf_adapter.load_peft`."""
-    from fiat_jax.peft import hf_adapter
-
-    return hf_adapter.load_peft(model, directory, **kwargs)

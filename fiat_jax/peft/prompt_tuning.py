@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fiat_jax import partitioning
 from fiat_jax.errors import UserError
 from fiat_jax.peft import wrapper
 
@@ -63,7 +64,7 @@ def initial_prompt(model: nnx.Module, *, length: int, init: str = "vocab", token
             if text is None:
                 raise UserError("prompt init 'text' needs prompt_transform.text (or token_ids)")
             if vocabulary is None:
-                from fiat_jax.data.vocab import get_vocabulary
+                from fiat_jax.data.vocab import get_vocabulary  # lazy: seqio (TensorFlow) only for a text init
 
                 vocabulary = get_vocabulary()
             token_ids = list(vocabulary.encode(text))
@@ -89,8 +90,6 @@ def apply_prompt(model: nnx.Module, *, length: int = 20, init: str = "vocab",
         peft.soft_prompt = PromptParam(value, sharding_names=("prompt_len", "embed"))
     sharding = getattr(_embedding_table(peft).get_value(), "sharding", None)
     if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1:
-        from fiat_jax import partitioning
-
         state = nnx.state(peft, PromptParam)
         nnx.update(peft, jax.device_put(state, partitioning.param_shardings(state, sharding.mesh)))
     return peft

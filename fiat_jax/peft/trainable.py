@@ -22,6 +22,7 @@ import gin
 from flax import nnx
 
 from fiat_jax.errors import UserError
+from fiat_jax.peft.prompt_tuning import PromptParam
 
 MODES = ("full", "lora", "prompt", "lora+prompt", "peft")
 
@@ -32,8 +33,6 @@ class PeftFilter:
     def __init__(self, mode: str = "peft", extra_regex: str | None = None):
         if mode not in MODES:
             raise UserError(f"peft_filter mode={mode!r}: choose one of {', '.join(MODES)}")
-        from fiat_jax.peft.prompt_tuning import PromptParam
-
         self.mode, self.extra_regex = mode, extra_regex
         types: tuple[type, ...] = {
             "full": (nnx.Param,), "lora": (nnx.LoRAParam,), "prompt": (PromptParam,),

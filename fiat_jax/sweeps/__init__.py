@@ -1,1 +1,2 @@
-"""Sweeps: a resumable grid of runs into results.jsonl (sweep.py) and tables and plots from it (report.py)."""
+"""Sweeps: a resumable grid of runs into results.jsonl (sweep.py) and a report from it (report.py, built from
+summary, tables, comparisons, costs, plots and render)."""

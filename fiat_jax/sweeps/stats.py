@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 
 def t_two_sided_mass(t: float, df: int) -> float:
     """P(|T| <= t) for Student's t with ``df`` degrees of freedom (closed form for integer df)."""
@@ -123,8 +125,6 @@ class Comparison:
 
 def _matrices(cell: Mapping[Any, Mapping[str, Any]]) -> tuple[list[Any], list[Any]]:
     """Seeds that scored every language, and per language the (seeds x items) score matrix."""
-    import numpy as np
-
     languages = sorted(set.intersection(*(set(v) for v in cell.values()))) if cell else []
     seeds = sorted(cell)
     mats = []
@@ -139,8 +139,6 @@ def _matrices(cell: Mapping[Any, Mapping[str, Any]]) -> tuple[list[Any], list[An
 
 def _statistic_draws(mats: Sequence[Any], n_seeds: int, samples: int, rng: Any) -> Any:
     """``samples`` bootstrap draws of the statistic: seeds resampled once per draw, items per language."""
-    import numpy as np
-
     seed_w = rng.multinomial(n_seeds, [1.0 / n_seeds] * n_seeds, size=samples) / n_seeds
     total = np.zeros(samples)
     for mat in mats:
@@ -160,8 +158,6 @@ def _clip(value: float, bounds: tuple[float, float] | None) -> float:
 def bootstrap_interval(cell: Mapping[Any, Mapping[str, Any]], *, bounds: tuple[float, float] | None = None,
                        confidence: float = 0.95, samples: int = BOOTSTRAP_SAMPLES, seed: int = SEED) -> Interval:
     """Mean and percentile bootstrap interval of a cell (seeds x languages x items), clipped to ``bounds``."""
-    import numpy as np
-
     seeds, mats = _matrices(cell)
     if not mats:
         return Interval(math.nan, math.nan, math.nan, 0, 0)
@@ -183,8 +179,6 @@ def paired_difference(method: Mapping[Any, Mapping[str, Any]], baseline: Mapping
     number of items (callers align items first). None when they share no seed and language.
 
     ``bounds`` are the metric's; the difference is clipped to ``(lo - hi, hi - lo)``."""
-    import numpy as np
-
     seeds = sorted(set(method) & set(baseline))
     diff: dict[Any, dict[str, Any]] = {}
     for s in seeds:
@@ -206,8 +200,6 @@ def sign_flip_p_value(diff: Mapping[Any, Mapping[str, Any]], *, permutations: in
     Exact (every sign pattern) when there are at most ``permutations`` patterns, as with a few seeds and no
     per-item scores (2 seeds: p >= 1/2; 3 seeds: p >= 1/4); else ``permutations`` random patterns with the +1
     correction."""
-    import numpy as np
-
     _, mats = _matrices(diff)
     if not mats:
         return math.nan

@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import fcntl
 import hashlib
+import inspect
 import itertools
 import json
 import logging
@@ -29,6 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import gin
+from tqdm import tqdm
 
 from fiat_jax import gin_utils
 from fiat_jax.errors import UserError
@@ -550,8 +552,6 @@ def _follow(root: pathlib.Path, runs: Sequence[RunSpec], resolved: Mapping[str, 
 def _run_all(pending: Sequence[RunSpec], argvs: Mapping[str, Sequence[Sequence[str]]], root: pathlib.Path,
              env: Mapping[str, str], parallel: int, timeout_s: float | None, progress: bool,
              name: str) -> Iterator[_Attempt]:
-    from tqdm import tqdm
-
     bar = tqdm(total=len(pending), desc=f"sweep {name}", unit="run", disable=not progress or not pending,
                file=sys.stderr)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=parallel)
@@ -571,8 +571,6 @@ def _run_all(pending: Sequence[RunSpec], argvs: Mapping[str, Sequence[Sequence[s
 
 def configured_plan() -> list[RunSpec]:
     """The runs the gin-configured ``sweep`` would launch, from the parsed gin bindings (nothing is resolved)."""
-    import inspect
-
     bound = gin.get_bindings(sweep)
     accepted = inspect.signature(plan).parameters
     return plan(**{k: v for k, v in bound.items() if k in accepted})

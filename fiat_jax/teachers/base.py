@@ -80,7 +80,7 @@ def check_decoding(max_new_tokens: int, temperature: float) -> None:
 
 
 def check_request(max_new_tokens: int, temperature: float, stop: Sequence[str] | str) -> tuple[str, ...]:
-    """A backend's checks of a generation request (:func:`check_decoding`); ``stop`` as :func:`check_stop` makes it."""
+    """:func:`check_decoding` and :func:`check_stop` at once, as a teacher's ``generate_stream`` starts."""
     check_decoding(max_new_tokens, temperature)
     return check_stop(stop)
 

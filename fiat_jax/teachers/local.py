@@ -14,13 +14,20 @@ The loaded model is kept per process and checkpoint (loading the GGUF takes seco
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import gin
+import jax
+import numpy as np
 
 from fiat_jax.errors import UserError
+from fiat_jax.models import decoding, generate
+from fiat_jax.models.decoding import bucket_size
+from fiat_jax.models.embedded import load_pretrained
 from fiat_jax.teachers import base
 
 _log = logging.getLogger(__name__)
@@ -34,10 +41,6 @@ def load_model(checkpoint: str) -> tuple[Any, Any]:
     """``(Pretrained, model)`` for ``checkpoint``, built once per process."""
     with _LOAD_LOCK, base.late_imports():
         if checkpoint not in _LOADED:
-            from fiat_jax import partitioning  # noqa: F401 - imported while gin is unlocked
-            from fiat_jax.models import decoding, generate  # noqa: F401
-            from fiat_jax.models.embedded import load_pretrained
-
             pre = load_pretrained(checkpoint)
             if pre.vocabulary is None:
                 raise UserError(f"local teacher {checkpoint}: no tokenizer beside the weights")
@@ -61,8 +64,6 @@ def plan_batches(lengths: Sequence[int], *, new_tokens: int, batch_size: int, ba
     """``[(prompt indices, rows)]``: prompts sorted longest first, cut into consecutive batches whose row count
     (a power of two, padded to when short) fits ``batch_tokens`` for the batch's longest prompt bucket; returned in
     a seeded shuffled order. ``batch_tokens=None``: every batch has ``batch_size`` rows (bucketed)."""
-    from fiat_jax.models.decoding import bucket_size
-
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     # never more rows than the whole call needs (a call of 12 prompts gets one batch of 16 rows, not 32)
     cap = min(_pow2_floor(batch_size), bucket_size(len(lengths), minimum=1))
@@ -77,8 +78,6 @@ def plan_batches(lengths: Sequence[int], *, new_tokens: int, batch_size: int, ba
         idx = order[start:start + rows]
         batches.append((idx, rows))
         start += rows
-    import random
-
     random.Random(seed).shuffle(batches)
     return batches
 
@@ -123,22 +122,12 @@ class LocalTeacher:
         self._loaded()
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        with base.late_imports():
-            from fiat_jax.models.generate import prompt_ids
-
         pre, _ = self._loaded()
-        return prompt_ids(pre, prompt, chat=self.chat, system=self.system)
+        return generate.prompt_ids(pre, prompt, chat=self.chat, system=self.system)
 
     def generate_stream(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                         stop: Sequence[str] = ()) -> Iterator[tuple[int, str | base.Failure]]:
         """Batches of similar length (see :func:`plan_batches`); yields each batch's replies as it finishes."""
-        import time
-
-        import jax
-        import numpy as np
-
-        from fiat_jax.models import decoding
-
         stop = base.check_request(max_new_tokens, temperature, stop)
         if not prompts:
             return
@@ -175,8 +164,6 @@ class LocalTeacher:
 
     def score(self, prompt: str, options: Sequence[str]) -> list[float]:
         """Summed log-likelihood of each option's tokens after the chat-formatted prompt."""
-        from fiat_jax.models import decoding
-
         if not options:
             return []
         pre, model = self._loaded()

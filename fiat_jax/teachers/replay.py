@@ -17,13 +17,13 @@ naming the example and the file. A recording holds text, not log-likelihoods: ``
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gin
 
+from fiat_jax.data import readers
 from fiat_jax.errors import UserError
 from fiat_jax.teachers import base
 
@@ -50,16 +50,8 @@ def read_replay_file(path: str) -> tuple[dict[str, str], dict[str, str], str, st
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"replay teacher: {path} is not UTF-8 ({err})") from err
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, row in readers.json_object_lines(text.splitlines(), what="replay teacher", path=path):
         where = f"replay teacher: {path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{where}: not JSON ({err.msg})") from err
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: a row must be a JSON object")
         if "output" not in row:
             raise UserError(f"{where}: missing field 'output'")
         if not isinstance(row["output"], str):
