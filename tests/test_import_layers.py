@@ -25,107 +25,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("fiat_jax", "tasks")
 LAYERS = ("base", "data", "models", "peft", "train", "teachers", "methods", "sweeps", "cli")
 BASE_MODULES = {"fiat_jax", "fiat_jax.errors", "fiat_jax.gin_utils", "fiat_jax.partitioning", "fiat_jax.redact",
-                "fiat_jax.run_dirs", "fiat_jax.compile_cache", "fiat_jax.native_logs"}
+                "fiat_jax.run_dirs", "fiat_jax.compile_cache", "fiat_jax.native_logs", "fiat_jax.atomic_files"}
 CLI_MODULES = {"fiat_jax.cli", "fiat_jax.export", "fiat_jax.tasks_command"}
 TASKS_MAY_IMPORT = {"base", "data", "teachers", "tasks"}
 LAZY_REASON = re.compile(r"#\s*lazy:\s*\S")
 
-# Today's violations in files other helpers are rewriting (issue 16): fixed by the one-pipeline redesign; remove
-# when merged. The test fails on any violation not listed here, and on any entry listed here that no longer
-# occurs (so the set stays exact).
-_REDESIGN = {
-    "lazy: fiat_jax/methods/augmentation.py imports fiat_jax.data.documents",
-    "lazy: fiat_jax/methods/augmentation.py imports fiat_jax.data.synthetic",
-    "lazy: fiat_jax/methods/augmentation.py imports fiat_jax.methods.common",
-    "lazy: fiat_jax/methods/augmentation.py imports fiat_jax.methods.examples",
-    "lazy: fiat_jax/methods/augmentation.py imports fiat_jax.methods.student",
-    "lazy: fiat_jax/methods/augmentation.py imports fiat_jax.teachers.base",
-    "lazy: fiat_jax/methods/augmentation.py imports flax",
-    "lazy: fiat_jax/methods/augmentation.py imports jax",
-    "lazy: fiat_jax/methods/augmentation.py imports numpy",
-    "lazy: fiat_jax/methods/augmentation.py imports os",
-    "lazy: fiat_jax/methods/common.py imports functools",
-    "lazy: fiat_jax/methods/common.py imports gin",
-    "lazy: fiat_jax/methods/common.py imports seqio",
-    "lazy: fiat_jax/methods/examples.py imports fiat_jax.data.preprocessors",
-    "lazy: fiat_jax/methods/examples.py imports fiat_jax.data.vocab",
-    "lazy: fiat_jax/methods/examples.py imports numpy",
-    "lazy: fiat_jax/methods/examples.py imports tensorflow",
-    "lazy: fiat_jax/methods/fiat.py imports fiat_jax.data.preprocessors",
-    "lazy: fiat_jax/methods/fiat.py imports fiat_jax.data.sources",
-    "lazy: fiat_jax/methods/fiat.py imports fiat_jax.data.teacher_outputs",
-    "lazy: fiat_jax/methods/fiat.py imports fiat_jax.methods.common",
-    "lazy: fiat_jax/methods/fiat.py imports fiat_jax.methods.student",
-    "lazy: fiat_jax/methods/fiat.py imports flax",
-    "lazy: fiat_jax/methods/fiat.py imports tasks.common",
-    "lazy: fiat_jax/methods/finetune.py imports fiat_jax.methods.common",
-    "lazy: fiat_jax/methods/finetune.py imports fiat_jax.methods.student",
-    "lazy: fiat_jax/methods/finetune.py imports flax",
-    "lazy: fiat_jax/methods/icl.py imports fiat_jax.methods.common",
-    "lazy: fiat_jax/methods/phased.py imports fiat_jax.methods.common",
-    "lazy: fiat_jax/methods/phased.py imports fiat_jax.methods.examples",
-    "lazy: fiat_jax/methods/phased.py imports fiat_jax.methods.results",
-    "lazy: fiat_jax/methods/phased.py imports fiat_jax.methods.student",
-    "lazy: fiat_jax/methods/phased.py imports fiat_jax.methods.winrate",
-    "lazy: fiat_jax/methods/phased.py imports fiat_jax.train.optimizers",
-    "lazy: fiat_jax/methods/phased.py imports fiat_jax.train.trainer",
-    "lazy: fiat_jax/methods/phased.py imports flax",
-    "lazy: fiat_jax/methods/phased.py imports jax",
-    "lazy: fiat_jax/methods/results.py imports fiat_jax.methods.common",
-    "lazy: fiat_jax/methods/results.py imports fiat_jax.methods.examples",
-    "lazy: fiat_jax/methods/results.py imports fiat_jax.sweeps.run_results",
-    "lazy: fiat_jax/methods/results.py imports inspect",
-    "lazy: fiat_jax/methods/run.py imports fiat_jax.gin_utils",
-    "lazy: fiat_jax/methods/run.py imports fiat_jax.models.embedded",
-    "lazy: fiat_jax/methods/run.py imports fiat_jax.partitioning",
-    "lazy: fiat_jax/methods/run.py imports importlib",
-    "lazy: fiat_jax/methods/run.py imports seqio",
-    "lazy: fiat_jax/methods/student.py imports fiat_jax.methods.common",
-    "lazy: fiat_jax/methods/student.py imports fiat_jax.train.evaluator",
-    "lazy: fiat_jax/methods/student.py imports fiat_jax.train.input_pipeline",
-    "lazy: fiat_jax/methods/student.py imports fiat_jax.train.losses",
-    "lazy: fiat_jax/methods/student.py imports fiat_jax.train.trainer",
-    "lazy: fiat_jax/methods/student.py imports flax",
-    "lazy: fiat_jax/methods/student.py imports jax",
-    "lazy: fiat_jax/methods/student.py imports jax.numpy",
-    "lazy: fiat_jax/sweeps/run_results.py imports hashlib",
-    "lazy: fiat_jax/sweeps/run_results.py imports importlib.metadata",
-    "lazy: fiat_jax/sweeps/run_results.py imports platform",
-    "lazy: fiat_jax/sweeps/run_results.py imports subprocess",
-    "lazy: fiat_jax/sweeps/run_results.py imports sys",
-    "lazy: fiat_jax/teachers/recipes.py imports fiat_jax.data.preprocessors",
-    "lazy: fiat_jax/teachers/recipes.py imports fiat_jax.data.sources",
-    "lazy: fiat_jax/teachers/recipes.py imports tasks.common",
-    "lazy: fiat_jax/teachers/teach.py imports fiat_jax.methods.examples",
-    "lazy: fiat_jax/teachers/teach.py imports seqio",
-    "lazy: fiat_jax/teachers/teach.py imports tqdm",
-    "lazy: fiat_jax/train/trainer.py imports fiat_jax.peft.hf_adapter",
-    "lazy: fiat_jax/train/trainer.py imports fiat_jax.peft.lora",
-    "lazy: fiat_jax/train/trainer.py imports fiat_jax.sweeps.run_results",
-    "tasks: fiat_jax.methods.fiat -> tasks.common",
-    "tasks: fiat_jax.teachers.recipes -> tasks.common",
-    "upward: fiat_jax.methods.results -> fiat_jax.sweeps.run_results",
-    "upward: fiat_jax.teachers.teach -> fiat_jax.methods.examples",
-    "upward: fiat_jax.train.trainer -> fiat_jax.sweeps.run_results",
-}
-# In-function imports without a reason in files other helpers own (perf: models/generate.py; trainer: train/;
-# teach-out: teachers/): fixed by the one-pipeline redesign; remove when merged.
-_OTHER_OWNERS = {
-    "lazy: fiat_jax/models/generate.py imports fiat_jax.models.decoding",
-    "lazy: fiat_jax/models/generate.py imports jax",
-    "lazy: fiat_jax/teachers/base.py imports gin",
-    "lazy: fiat_jax/teachers/openai_compat.py imports httpx",
-    "lazy: fiat_jax/train/evaluator.py imports fiat_jax.models.decoding",
-    "lazy: fiat_jax/train/evaluator.py imports fiat_jax.train.trainer",
-    "lazy: fiat_jax/train/evaluator.py imports seqio",
-    "lazy: fiat_jax/train/input_pipeline.py imports seqio",
-    "lazy: fiat_jax/train/input_pipeline.py imports tensorflow",
-    "lazy: fiat_jax/train/metrics_writer.py imports clu",
-    "lazy: fiat_jax/train/metrics_writer.py imports tensorflow",
-    "lazy: fiat_jax/train/metrics_writer.py imports tensorflow.core.framework",
-    "lazy: fiat_jax/train/metrics_writer.py imports tqdm.auto",
-}
-KNOWN_VIOLATIONS: set[str] = _REDESIGN | _OTHER_OWNERS
+# Violations allowed: none (the one-pipeline redesign fixed the last of them); the test fails on any violation.
+KNOWN_VIOLATIONS: set[str] = set()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,8 @@ import gin
 import seqio
 
 from fiat_jax.errors import UserError
+from fiat_jax.data.vocab import get_vocabulary
+from fiat_jax.data import preprocessors
 
 Example = dict[str, Any]
 
@@ -19,6 +21,7 @@ Example = dict[str, Any]
 def _column(rows: Sequence[Example], key: str) -> Any:
     values = [row[key] for row in rows]
     if any(isinstance(v, (list, tuple)) for v in values):
+        # lazy: TensorFlow takes seconds to import: only when a dataset is built
         import tensorflow as tf
 
         return tf.ragged.constant([[str(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
@@ -32,6 +35,7 @@ def _column(rows: Sequence[Example], key: str) -> Any:
 
 def _dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None, *,
                 rows_by_split: Mapping[str, Sequence[Example]], keys: tuple[str, ...]):
+    # lazy: TensorFlow takes seconds to import: only when a dataset is built
     import tensorflow as tf
 
     del shuffle_files, seed
@@ -69,7 +73,6 @@ def examples_task(name: str, rows_by_split: Mapping[str, Sequence[Example]], *,
     one is bound) and ``targets`` are tokenised with the gin vocabulary (``get_vocabulary``) unless ``vocabulary``
     is given, other keys pass through for metrics.
     """
-    from fiat_jax.data.vocab import get_vocabulary
 
     keys: tuple[str, ...] | None = None
     for split, rows in rows_by_split.items():
@@ -90,7 +93,6 @@ def examples_task(name: str, rows_by_split: Mapping[str, Sequence[Example]], *,
                                       splits=tuple(frozen))
     chat: list[Callable[..., Any]] = []
     if template:
-        from fiat_jax.data import preprocessors
 
         chat = [functools.partial(preprocessors.chat_format, template=template)]
     return seqio.Task(
@@ -155,6 +157,7 @@ def task_examples(name: str, split: str, *, limit: int | None = None, exact: boo
 
 
 def _read_task(t: seqio.Task, split: str, limit: int | None) -> list[Example]:
+    # lazy: kept out of the light import path of this module
     import numpy as np
 
     out: list[Example] = []

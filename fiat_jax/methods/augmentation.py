@@ -24,6 +24,11 @@ from fiat_jax.data.text import split_sentences
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
 from fiat_jax.teachers import materialise as materialise_lib, recipes
+from fiat_jax.data import synthetic
+from fiat_jax.methods import student as student_lib
+from fiat_jax.methods import common
+from fiat_jax.methods.examples import training_set_size_policy
+from fiat_jax.data import documents as documents_lib
 
 _log = logging.getLogger(__name__)
 
@@ -131,7 +136,6 @@ class RuleBasedAugmenter:
     identity = "rule-based-synthetic-augmenter"
 
     def __init__(self, language: str = "en"):
-        from fiat_jax.data import synthetic
 
         if language not in synthetic.TEMPLATES:
             raise UserError(f"rule-based augmenter: no templates for language {language!r}")
@@ -253,13 +257,10 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int | None = None,
     ``train.model_transform``. Plain fine-tuning is ``local=False, global_=False, sentence_split=None``.
     ``student`` (a ``StudentSpec``) replaces the student's keyword arguments when given.
     """
-    from fiat_jax.data import synthetic
-    from fiat_jax.methods import student as student_lib
 
     if (local or global_) and teacher is None:
         raise UserError("augmented fine-tuning: missing teacher for local/global augmentation "
                         "(bind augmented_finetune_method.teacher, or set local and global_ to False)")
-    from fiat_jax.methods import common
 
     spec = student or student_lib.StudentSpec.of(
         train_steps=common.require(train_steps, "train_steps", "augmented fine-tuning"),
@@ -267,7 +268,6 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int | None = None,
         model_transform=model_transform, trainable=trainable, eval_batch_size=eval_batch_size)
     spec.check("augmented fine-tuning")
     if documents_file is not None:
-        from fiat_jax.data import documents as documents_lib
 
         if generate_overrides:
             raise UserError(f"augmented fine-tuning: synthetic-world options {sorted(generate_overrides)} given "
@@ -282,7 +282,6 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int | None = None,
         data = synthetic.generate(seed=synthetic_seed, languages=(language,), **generate_overrides)
         all_documents, items, task = data.documents, data.items, f"synthetic_facts_{language}"
         source = "the synthetic world"
-    from fiat_jax.methods.examples import training_set_size_policy
 
     if num_train_examples and num_train_examples > len(all_documents) and not training_set_size_policy():
         grow = f" in {language!r} (grow it with generate_overrides, e.g. num_chains, or" if documents_file is None \
@@ -321,6 +320,7 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int | None = None,
     else:  # a documents file without probes: the trained student and its rows are the result
         _log.info("augmented fine-tuning: no probes file, nothing scored (the student is in %s/student)", model_dir)
     if icl_baseline and items:
+        # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
         from flax import nnx
 
         context = " ".join(d["text"] for d in documents)

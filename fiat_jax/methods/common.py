@@ -14,6 +14,7 @@ from fiat_jax.methods.examples import task_examples
 
 
 def task_names(mixture_or_task_name: str) -> list[str]:
+    # lazy: seqio pulls in TensorFlow (seconds): only when a task is read
     import seqio
 
     try:
@@ -39,6 +40,7 @@ def split_examples(mixture_or_task_name: str, split: str, *, limit: int | None =
 
 
 def metric_spec(task_name: str) -> tuple[list[Callable[..., Any]], Callable[..., Any] | None]:
+    # lazy: seqio pulls in TensorFlow (seconds): only when a task is read
     import seqio
 
     task = seqio.get_mixture_or_task(task_name)

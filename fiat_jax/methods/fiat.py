@@ -26,6 +26,9 @@ from fiat_jax.data.teacher_outputs import read_teacher_outputs
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
 from fiat_jax.teachers import materialise as materialise_lib, recipes
+from fiat_jax.methods.student import no_transform
+from fiat_jax.methods import common
+from fiat_jax.methods import student as student_lib
 
 _log = logging.getLogger(__name__)
 
@@ -101,9 +104,9 @@ def student_setup(ablations: FiatAblations, *, initial_params: Callable | None, 
     """PEFT (``model_transform`` + ``trainable``) unless ``full_finetune`` (an explicit no-op transform, all
     parameters trainable); the instruction-tuned checkpoint
     (``initial_params``) unless ``non_instruction_tuned_base`` (``base_initial_params``)."""
+    # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
     from flax import nnx
 
-    from fiat_jax.methods.student import no_transform
 
     if ablations.non_instruction_tuned_base:
         if base_initial_params is None:
@@ -184,8 +187,6 @@ def fiat_method(*, model_dir: str, mixture_or_task_name: str, train_steps: int |
     reasoning is materialised in ``teacher_dir``), no training examples, no student instruction and no teacher
     to write one. ``student`` (a ``StudentSpec``) replaces the student's keyword arguments when given.
     """
-    from fiat_jax.methods import common
-    from fiat_jax.methods import student as student_lib
 
     ablations = ablations or FiatAblations()
     spec = student or student_lib.StudentSpec.of(

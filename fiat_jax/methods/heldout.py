@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fiat_jax.methods.examples import register_examples_task
+from fiat_jax.train import input_pipeline, losses
 
 METRIC = "log_likelihood_per_token"
 
@@ -60,11 +61,13 @@ def score_responses(model: Any, rows: Sequence[Mapping[str, Any]], *, task_featu
     """Teacher-forced log-likelihood sums and token counts of each row's ``targets`` given its ``inputs``.
 
     Rows keep their order; an ``id`` field names each item (else its position)."""
+    # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
     import jax
+    # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
     import jax.numpy as jnp
+    # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
     from flax import nnx
 
-    from fiat_jax.train import input_pipeline, losses
 
     ids = tuple(str(r.get("id") or i) for i, r in enumerate(rows))
     if not rows:

@@ -16,6 +16,7 @@ import numpy as np
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
 from fiat_jax.teachers import base
+from fiat_jax.methods import common
 
 _log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ def icl_method(*, model_dir: str, mixture_or_task_name: str, teacher: Any = None
                eval_split: str = "validation", seed: int = 0, max_new_tokens: int = 32,
                batch_size: int = 8, write_results: bool = True) -> dict[str, dict[str, float]]:
     """ICL with ``teacher`` on every task of the mixture; writes predictions and ``results.json``."""
-    from fiat_jax.methods import common
 
     if teacher is None:
         raise UserError("ICL: missing teacher (bind icl_method.teacher)")

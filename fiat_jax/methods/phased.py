@@ -24,6 +24,12 @@ import numpy as np
 
 from fiat_jax.errors import UserError
 from fiat_jax.teachers import materialise as materialise_lib
+from fiat_jax.methods.examples import examples_task
+from fiat_jax.train import optimizers
+from fiat_jax.methods.winrate import pairwise_win_rate
+from fiat_jax.methods import common, heldout, results as results_lib
+from fiat_jax.methods import student as student_lib
+from fiat_jax.train import trainer
 
 _log = logging.getLogger(__name__)
 
@@ -139,6 +145,7 @@ def assign_stages(examples: Sequence[Mapping[str, Any]], *, thresholds: Sequence
 
 def params_digest(state: Any) -> str:
     """A content hash of a parameter tree (to assert that stage k+1 starts where stage k ended)."""
+    # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
     import jax
 
     h = hashlib.sha256()
@@ -166,6 +173,7 @@ class StageRecord:
 def chain_transform(base_transform: Callable[[Any], Any] | None, previous_state: Any | None,
                     trainable: Any) -> Callable[[Any], Any]:
     """The trainer's ``model_transform`` for a stage: apply PEFT, then load the previous stage's final params."""
+    # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
     from flax import nnx
 
     def transform(model):
@@ -188,10 +196,9 @@ def train_stages(stages: Sequence[Stage], *, model_dir: str, steps_per_stage: Se
     Stage k+1's model is built by the same factory and transform, then its trainable parameters are replaced by
     stage k's final ones; this is asserted (content hashes) before it trains. Returns the final model and records.
     """
+    # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
     from flax import nnx
 
-    from fiat_jax.methods.examples import examples_task
-    from fiat_jax.train import optimizers
 
     if trainable is None:
         trainable = nnx.Param
@@ -253,7 +260,6 @@ def win_rate_metric(judge: Any, instructions: Sequence[str],
                     outcomes: list[int] | None = None) -> Callable[..., dict[str, float]]:
     """A seqio predict metric: the student's responses against the reference responses, judged both ways.
     ``outcomes`` (if given) receives each item's +1 / 0 / -1, for per-item win-rate scores."""
-    from fiat_jax.methods.winrate import pairwise_win_rate
 
     def win_rate(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
         totals, records = pairwise_win_rate(judge, list(instructions)[:len(predictions)],
@@ -283,9 +289,6 @@ def phased_method(*, model_dir: str, train_steps: int | None = None,
     when None; generation and judging are the costly part of the evaluation). A ``scorer`` teacher scores the
     training examples' difficulty first (:func:`score_difficulty`, materialised in ``MODEL_DIR/teacher_outputs``),
     for data without scores. ``student`` (a ``StudentSpec``) replaces the student's keyword arguments when given."""
-    from fiat_jax.methods import common, heldout, results as results_lib
-    from fiat_jax.methods import student as student_lib
-    from fiat_jax.train import trainer
 
     spec = student or student_lib.StudentSpec.of(
         train_steps=common.require(train_steps, "train_steps", "phased"), task_feature_lengths=task_feature_lengths,

@@ -18,6 +18,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fiat_jax.train import run_record
+from fiat_jax.methods.examples import training_set_sizes
+from fiat_jax.methods import common
+import inspect
 
 _log = logging.getLogger(__name__)
 
@@ -30,7 +33,6 @@ def write_results(model_dir: str, *, metrics: Mapping[str, Mapping[str, float]],
     The training-set size the method drew for these tasks (``num_train_examples``, the actual size, and
     ``num_train_examples_requested``) is added unless ``extra`` names it.
     """
-    from fiat_jax.methods.examples import training_set_sizes
     extra = {**training_set_sizes(list(metrics)), **extra}
 
     task = next(iter(metrics), "")
@@ -92,7 +94,6 @@ def _multiple_choice(rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[
 def _by_metric_fns(task: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[str], list[float]]]:
     """Each prediction metric of the task on one row at a time, as the evaluator wrote it (targets and predictions
     postprocessed) and, for rows written before postprocessing, through the task's postprocessor."""
-    from fiat_jax.methods import common
 
     fns, _ = common.metric_spec(task)
     out: dict[str, tuple[list[str], list[float]]] = {}
@@ -109,7 +110,6 @@ def _by_metric_fns(task: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, tu
 
 def _per_row(task: str, fns: Sequence[Any], rows: Sequence[Mapping[str, Any]], variant: str
              ) -> dict[str, list[float]]:
-    from fiat_jax.methods import common
 
     per: dict[str, list[float]] = {}
     for row in rows:
@@ -128,7 +128,6 @@ def _per_row(task: str, fns: Sequence[Any], rows: Sequence[Mapping[str, Any]], v
 
 
 def _parameters(fn: Any) -> set[str]:
-    import inspect
 
     return set(inspect.signature(fn).parameters)
 

@@ -17,6 +17,9 @@ import gin
 
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
+from fiat_jax import gin_utils, partitioning
+import importlib
+from fiat_jax.models import embedded
 
 _log = logging.getLogger(__name__)
 Method = Callable[..., Mapping[str, Mapping[str, float]]]
@@ -32,7 +35,6 @@ def run(*, model_dir: str, method: Method | None = None, methods: Mapping[str, M
         print_table: bool = True) -> dict[str, dict[str, dict[str, float]]]:
     """Run ``method`` in ``model_dir`` or each of ``methods`` in ``model_dir/<name>``; returns
     ``{method: {task: {metric: value}}}`` and writes ``model_dir/comparison.md`` for several methods."""
-    from fiat_jax import gin_utils, partitioning
 
     if (method is None) == (methods is None):
         raise UserError("fiat run: bind exactly one of run.method (one method) or run.methods (a comparison)")
@@ -67,6 +69,7 @@ def run(*, model_dir: str, method: Method | None = None, methods: Mapping[str, M
 def register_tasks_and_mixture(*, register: Callable[[], Any] | None = None, name: str | None = None,
                                tasks: tuple[str, ...] = ()) -> None:
     """Register the tasks, then (optionally) a mixture ``name`` of ``tasks`` (e.g. a few languages)."""
+    # lazy: seqio pulls in TensorFlow (seconds): only when a task is read
     import seqio
 
     if register is not None:
@@ -84,7 +87,6 @@ def register_tasks_and_mixture(*, register: Callable[[], Any] | None = None, nam
 def lazy_call(*, target: str, kwargs: Mapping[str, Any] | None = None) -> Any:
     """Call ``"package.module:attribute"`` (imported only now) with ``kwargs``: lets a gin file name a component
     of another area (a teacher backend, a model) and still parse where that area is not installed."""
-    import importlib
 
     module_name, _, attr = target.partition(":")
     try:
@@ -102,7 +104,6 @@ def lazy_call(*, target: str, kwargs: Mapping[str, Any] | None = None) -> Any:
 def pretrained_architecture(*, rngs: Any, checkpoint: str = "embedded:smollm2-135m-instruct") -> Any:
     """``train.model_factory``: a freshly initialised model with ``checkpoint``'s architecture; pair it with
     ``train.initial_params = @pretrained_params`` (same checkpoint) to load the weights."""
-    from fiat_jax.models import embedded
 
     config = embedded.load_pretrained(checkpoint).config
     return embedded._model_class(config)(config, rngs=rngs)  # noqa: SLF001 (the config -> class map lives there)
@@ -111,6 +112,5 @@ def pretrained_architecture(*, rngs: Any, checkpoint: str = "embedded:smollm2-13
 @gin.configurable
 def embedded_vocabulary(*, checkpoint: str = "embedded:smollm2-135m-instruct") -> Any:
     """``get_vocabulary.vocabulary``: the tokenizer of a pretrained checkpoint (the student's own)."""
-    from fiat_jax.models import embedded
 
     return embedded.load_pretrained(checkpoint).vocabulary

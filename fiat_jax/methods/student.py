@@ -19,6 +19,9 @@ import seqio
 from fiat_jax.errors import UserError
 from fiat_jax.methods.examples import examples_task
 from fiat_jax.train import trainer as trainer_lib
+from fiat_jax.train import input_pipeline, losses
+from fiat_jax.train import evaluator
+from fiat_jax.methods.common import metric_spec
 
 # "Not given here: the trainer's own ``train.<hook>`` gin binding applies" (e.g. a models/*.gin file's
 # ``train.initial_params = @pretrained_params``), as opposed to an explicit None (no hook at all).
@@ -100,11 +103,13 @@ class StudentSpec:
 def score_rows(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_lengths: Mapping[str, int],
                batch_size: int = 32, name: str = "methods_scoring") -> list[float]:
     """Sum log-likelihood of each row's ``targets`` given its ``inputs`` under ``model`` (in row order)."""
+    # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
     import jax
+    # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
     import jax.numpy as jnp
+    # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
     from flax import nnx
 
-    from fiat_jax.train import input_pipeline, losses
 
     if not rows:
         return []
@@ -172,7 +177,6 @@ def evaluate_rows(model: Any, *, name: str, rows: Sequence[Mapping[str, Any]], m
                   batch_size: int = 16, predictions_dir: str | pathlib.Path | None = None,
                   step: int | None = None) -> dict[str, float]:
     """Metrics of ``model`` on the rows (greedy predictions and target scores), as ``{metric: value}``."""
-    from fiat_jax.train import evaluator
 
     task = examples_task(name, {"validation": [dict(r) for r in rows]}, metric_fns=metric_fns,
                          postprocess_fn=postprocess_fn)
@@ -186,7 +190,9 @@ def evaluate_rows(model: Any, *, name: str, rows: Sequence[Mapping[str, Any]], m
 def count_params(model: Any) -> int | None:
     """Parameters of the student (frozen and trained): what a forward pass multiplies, for the FLOPs estimate."""
     try:
+        # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
         import jax
+        # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
         from flax import nnx
 
         return int(sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))))
@@ -203,7 +209,6 @@ def train_info(result: Any) -> dict[str, Any]:
 def evaluate(spec: StudentSpec, model: Any, *, model_dir: str, name: str, step: int | None,
              eval_rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, float]]:
     """Each task's rows scored with that task's metrics (predictions in ``model_dir/predictions``)."""
-    from fiat_jax.methods.common import metric_spec
 
     metrics: dict[str, dict[str, float]] = {}
     for task, rows in eval_rows.items():

@@ -16,6 +16,7 @@ import numpy as np
 
 from fiat_jax.errors import UserError
 from fiat_jax.models.embedded import EMBEDDED_SOURCE, Pretrained, load_pretrained
+from fiat_jax.models import decoding
 
 
 class TextStreamer:
@@ -96,9 +97,9 @@ def _decode(model: Any, ids: list[int], *, max_new_tokens: int, temperature: flo
             top_p: float | None, seed: int, eos_id: int | None, on_tokens: Callable[[Sequence[int]], None],
             ) -> list[int]:
     """Run ``decoding.generate`` on one prompt; returns the new ids (up to, excluding, EOS)."""
+    # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
     import jax
 
-    from fiat_jax.models import decoding
 
     prompt = np.asarray([ids], np.int32)
     seen = [0]

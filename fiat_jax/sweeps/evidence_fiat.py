@@ -46,6 +46,7 @@ def _kind(row: Mapping[str, Any]) -> str:
 
 def _cell(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[int, dict[str, tuple[tuple, Any]]]:
     """``{seed: {task: (ids, values)}}`` of one method: per-item scores where the run wrote them."""
+    # lazy: kept out of the light import path of this module
     import numpy as np
 
     out: dict[int, dict[str, tuple[tuple, Any]]] = {}
@@ -68,6 +69,7 @@ def _cell(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[int, dict[str,
 
 def _align(a: Mapping, b: Mapping) -> tuple[dict, dict]:
     """The two cells on the (seed, language, item id) units both scored; run means where ids are missing."""
+    # lazy: kept out of the light import path of this module
     import numpy as np
 
     out_a: dict[int, dict[str, Any]] = {}
@@ -174,9 +176,11 @@ def quality_curve(rows: Sequence[Mapping[str, Any]], *, metric: str = METRIC) ->
 
 def quality_plot(rows: Sequence[Mapping[str, Any]], out_path: str | pathlib.Path, *, metric: str = METRIC) -> None:
     """FIAT's gain over FT and over ICL against q (simulated teacher), with the paired 95% intervals."""
+    # lazy: matplotlib only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib only when a plot is drawn
     import matplotlib.pyplot as plt
 
     curve = quality_curve(rows, metric=metric)

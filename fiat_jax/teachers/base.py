@@ -34,6 +34,7 @@ class Teacher(Protocol):
 @contextlib.contextmanager
 def late_imports() -> Iterator[None]:
     """Lets modules imported lazily (after the CLI has locked gin) register their configurables."""
+    # lazy: kept out of the protocol module's import path
     import gin
 
     with gin.unlock_config():

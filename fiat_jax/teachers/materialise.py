@@ -184,6 +184,7 @@ def _preflight(teacher: Any, prompts: Sequence[str], decoding: Mapping[str, Any]
 
 def _progress(total: int, desc: str, enabled: bool):
     # Lazy: tqdm is only needed once there is something to ask (keeps `fiat teach --help` start-up light).
+    # lazy: progress bars only when one is shown
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="row", disable=not enabled or total == 0, file=sys.stderr,

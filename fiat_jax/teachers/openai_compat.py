@@ -91,6 +91,7 @@ class OpenAICompatTeacher:
                  backoff_base_s: float = 0.5, backoff_max_s: float = 30.0, max_retry_after_s: float = 120.0,
                  check_model: bool = True, name: str | None = None, system: str | None = None,
                  extra_body: dict[str, Any] | None = None, seed: int | None = 0):
+        # lazy: optional dependency: only when the OpenAI-compatible backend is used
         import httpx
 
         if not base_url or not str(base_url).startswith(("http://", "https://")):
@@ -165,6 +166,7 @@ class OpenAICompatTeacher:
     # ---- HTTP --------------------------------------------------------------------------------------------
     def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One HTTP request; returns the parsed JSON. Raises _Retryable, _Fatal or UserError (config problems)."""
+        # lazy: optional dependency: only when the OpenAI-compatible backend is used
         import httpx
 
         with self._count_lock:
@@ -225,6 +227,7 @@ class OpenAICompatTeacher:
     # ---- pre-flight --------------------------------------------------------------------------------------
     def check(self) -> None:
         """Server reachable, key accepted, ``model`` in ``GET /v1/models``: a one-line UserError otherwise."""
+        # lazy: optional dependency: only when the OpenAI-compatible backend is used
         import httpx
 
         with self._count_lock:

@@ -25,6 +25,7 @@ import gin
 
 from fiat_jax.data.text import split_sentences
 from fiat_jax.errors import UserError
+from fiat_jax.data import exemplars as exemplars_lib
 
 __all__ = ["ParseError", "Recipe", "available", "cot_exemplars", "load", "parse_instruction", "parse_lines",
            "parse_score", "parse_text", "parse_verdict", "recipe_path", "split_sentences"]
@@ -242,7 +243,6 @@ def cot_exemplars(*, k: int = 4, data_dir: str | None = None) -> Callable[[str],
 
     def exemplars(task: str) -> str:
         # Lazy: the exemplars module imports TensorFlow (preprocessors), which `fiat teach` start-up avoids.
-        from fiat_jax.data import exemplars as exemplars_lib
 
         return exemplars_lib.mgsm_cot_prefix(task, k=k, data_dir=data_dir)
 

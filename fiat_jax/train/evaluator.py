@@ -34,6 +34,8 @@ from fiat_jax.errors import UserError
 from fiat_jax.train import checkpoints as ckpt_lib
 from fiat_jax.train import input_pipeline, losses
 from fiat_jax.train.metrics_writer import MetricsWriter
+from fiat_jax.train.trainer import build_model
+from fiat_jax.models import decoding
 
 _log = logging.getLogger(__name__)
 EOS_ID = 1
@@ -238,7 +240,6 @@ class ModelRunner:
         if not self.kv_cache:
             batch = {k: jnp.asarray(v) for k, v in feats.items()}
             return np.asarray(self._predict(self.state, batch, jnp.int32(eos_id)))[:n]
-        from fiat_jax.models import decoding
 
         rows = prompt_rows(feats, model_kind=self.kind, n=n)
         result = decoding.generate(self.model, rows, max_new_tokens=steps, temperature=0.0, eos_id=eos_id,
@@ -278,7 +279,9 @@ def evaluate_model(model: nnx.Module, *, mixture_or_task_name: str, task_feature
 
     ``predictions_with_scores=False`` leaves the target log-likelihood out of the predictions file unless a metric
     needed it anyway (it costs a second forward pass per batch)."""
+    # lazy: seqio pulls in TensorFlow (seconds): only when a task is read
     import seqio
+    # lazy: seqio pulls in TensorFlow (seconds): only when a task is read
     from seqio import metrics as metrics_lib
 
     input_pipeline.get_task(mixture_or_task_name)  # a clear error for unknown names
@@ -392,7 +395,6 @@ def evaluate(*,
     The model is rebuilt exactly as ``train`` builds it (same gin), then its trainable parameters are restored.
     Writes predictions JSONL and eval metrics into ``model_dir``; returns the flat metrics.
     """
-    from fiat_jax.train.trainer import build_model
 
     if register_tasks is not None:
         register_tasks()

@@ -35,6 +35,7 @@ def feature_converter_for(model_kind: str, *, pack: bool = False) -> Any:
     """
     if _feature_converters is not None:
         return _feature_converters.get_feature_converter(model_kind=model_kind, pack=pack)
+    # lazy: seqio pulls in TensorFlow (seconds): only when a task is read
     import seqio
 
     if model_kind == "encoder_decoder":
@@ -45,6 +46,7 @@ def feature_converter_for(model_kind: str, *, pack: bool = False) -> Any:
 
 
 def get_task(name: str) -> Any:
+    # lazy: seqio pulls in TensorFlow (seconds): only when a task is read
     import seqio
 
     try:
@@ -60,7 +62,9 @@ def train_dataset(*, mixture_or_task_name: str, task_feature_lengths: Mapping[st
     """The host's batches (``global_batch_size / process_count`` rows) from ``start_batch`` on, repeated forever.
 
     ``task``: a seqio Task or Mixture object used as it is; None looks ``mixture_or_task_name`` up in the registry."""
+    # lazy: seqio pulls in TensorFlow (seconds): only when a task is read
     import seqio
+    # lazy: TensorFlow takes seconds to import: only when a dataset is built
     import tensorflow as tf
 
     task = get_task(mixture_or_task_name) if task is None else task

@@ -50,6 +50,7 @@ class MetricsWriter:
         if split not in self._tb:
             logdir = str(self.model_dir / "tb" / split)
             try:
+                # lazy: clu pulls in TensorFlow: only when metrics are written
                 from clu import metric_writers
             except ImportError:  # clu's summary writer needs the `tensorboard` package
                 self._tb[split] = _TfSummaryWriter(logdir)
@@ -114,7 +115,9 @@ class _TfSummaryWriter:
     """TensorBoard scalars through ``tf.summary`` directly, when clu's writers cannot load."""
 
     def __init__(self, logdir: str):
+        # lazy: TensorFlow takes seconds to import: only when a dataset is built
         import tensorflow as tf
+        # lazy: TensorFlow takes seconds to import: only when a dataset is built
         from tensorflow.core.framework import summary_pb2
 
         self._tf = tf
@@ -141,6 +144,7 @@ class Progress:
     def __init__(self, *, total: int, initial: int, enabled: bool = True):
         self._bar = None
         if enabled and jax.process_index() == 0:
+            # lazy: progress bars only when one is shown
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc="train",

@@ -9,6 +9,11 @@ import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
+import sys
+import subprocess
+import platform
+import hashlib
+import importlib.metadata
 
 RESULTS_JSON = "results.json"
 
@@ -20,7 +25,6 @@ def write_run_results(model_dir: str | os.PathLike, *, metrics: Mapping[str, Any
     ``metrics``: ``{language: {metric: value}}`` (or flat ``{metric: value}``). Extra keyword arguments (``task``,
     ``steps``, ...) are stored too and reach the sweep's row under ``extra``. Returns the path (None off process 0).
     """
-    import sys
 
     jax = sys.modules.get("jax")  # never import jax here: the sweep process must not claim accelerators
     if jax is not None and jax.process_index() != 0:
@@ -41,7 +45,6 @@ PROVENANCE_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "se
 
 
 def _git(*args: str) -> str | None:
-    import subprocess
 
     root = pathlib.Path(__file__).resolve().parents[2]
     try:
@@ -52,8 +55,6 @@ def _git(*args: str) -> str | None:
 
 
 def _hardware() -> str:
-    import platform
-    import sys
 
     jax = sys.modules.get("jax")  # only when the run imported it: never claim accelerators from here
     host = f"{platform.machine()} {os.cpu_count()} CPUs"
@@ -67,8 +68,6 @@ def _hardware() -> str:
 
 
 def _config_hash() -> str | None:
-    import hashlib
-    import sys
 
     gin = sys.modules.get("gin")
     if gin is None:
@@ -83,8 +82,6 @@ def _config_hash() -> str | None:
 def provenance(*, teacher: Any = None) -> dict[str, Any]:
     """What produced a run, recorded when it finishes: git commit and dirty flag of this checkout, package
     versions, the hash of the operative gin config, the teacher's identity, the hardware."""
-    import importlib.metadata
-    import platform
 
     versions = {}
     for name in PROVENANCE_PACKAGES:
