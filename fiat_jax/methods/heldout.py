@@ -11,15 +11,11 @@ test between two runs on the same items (same tokens, same weights) compares wha
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from fiat_jax.methods.examples import register_examples_task
-from fiat_jax.train import input_pipeline, losses
+from fiat_jax.methods import student
 
 METRIC = "log_likelihood_per_token"
 
@@ -58,47 +54,12 @@ def item_entry(ids: Sequence[str], values: Sequence[float]) -> dict[str, Any]:
 
 def score_responses(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_lengths: Mapping[str, int],
                     batch_size: int = 16, name: str = "heldout_scoring") -> ResponseScores:
-    """Teacher-forced log-likelihood sums and token counts of each row's ``targets`` given its ``inputs``.
+    """Teacher-forced log-likelihood sums and token counts of each row's ``targets`` given its ``inputs``
+    (:func:`fiat_jax.methods.student.score_rows_and_tokens`).
 
     Rows keep their order; an ``id`` field names each item (else its position)."""
-    # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
-    import jax
-    # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
-    import jax.numpy as jnp
-    # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
-    from flax import nnx
-
-
     ids = tuple(str(r.get("id") or i) for i, r in enumerate(rows))
-    if not rows:
-        return ResponseScores(ids, (), ())
-    task = register_examples_task(name, {"validation": [{"inputs": r["inputs"], "targets": r["targets"]}
-                                                        for r in rows]})
-    converter = input_pipeline.feature_converter_for(getattr(model, "model_kind", "decoder"), pack=False)
-    ds = task.get_dataset(sequence_length=dict(task_feature_lengths), split="validation", shuffle=False,
-                          use_cached=False)
-    feats = list(converter(ds, dict(task_feature_lengths)).as_numpy_iterator())
-    graphdef, state = nnx.split(model)
-
-    @functools.partial(jax.jit, static_argnames="max_positions")
-    def score(state, batch, max_positions):
-        m = nnx.merge(graphdef, state)
-        tgt, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
-        if not hasattr(m, "hidden_from_batch"):
-            lp = jax.nn.log_softmax(m.logits_from_batch(batch, deterministic=True).astype(jnp.float32), axis=-1)
-            return jnp.sum(jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0] * weights, axis=-1)
-        return losses.head_token_log_likelihoods(m.hidden_from_batch(batch, deterministic=True),
-                                                 m.logits_from_hidden, tgt, weights, max_positions=max_positions)
-
-    sums: list[float] = []
-    tokens: list[int] = []
-    for start in range(0, len(feats), batch_size):
-        chunk = feats[start:start + batch_size]
-        batch = {k: np.stack([f[k] for f in chunk]) for k in chunk[0]}
-        pad = batch_size - len(chunk)
-        if pad:
-            batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
-        out = score(state, batch, losses.position_bucket(batch["decoder_loss_weights"]))
-        sums.extend(float(x) for x in np.asarray(out)[:len(chunk)])
-        tokens.extend(int(x) for x in np.count_nonzero(batch["decoder_loss_weights"][:len(chunk)], axis=-1))
+    sums, tokens = student.score_rows_and_tokens(
+        model, [{"inputs": r["inputs"], "targets": r["targets"]} for r in rows],
+        task_feature_lengths=task_feature_lengths, batch_size=batch_size, name=name)
     return ResponseScores(ids, tuple(sums), tuple(tokens))

@@ -103,6 +103,13 @@ class StudentSpec:
 def score_rows(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_lengths: Mapping[str, int],
                batch_size: int = 32, name: str = "methods_scoring") -> list[float]:
     """Sum log-likelihood of each row's ``targets`` given its ``inputs`` under ``model`` (in row order)."""
+    return score_rows_and_tokens(model, rows, task_feature_lengths=task_feature_lengths, batch_size=batch_size,
+                                 name=name)[0]
+
+
+def score_rows_and_tokens(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_lengths: Mapping[str, int],
+                          batch_size: int = 32, name: str = "methods_scoring") -> tuple[list[float], list[int]]:
+    """Each row's summed ``targets`` log-likelihood given its ``inputs`` and its number of target tokens."""
     # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
     import jax
     # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
@@ -112,7 +119,7 @@ def score_rows(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_le
 
 
     if not rows:
-        return []
+        return [], []
     task = examples_task(name, {"validation": [dict(r) for r in rows]})
     kind = getattr(model, "model_kind", "decoder")
     converter = input_pipeline.feature_converter_for(kind, pack=False)
@@ -134,7 +141,8 @@ def score_rows(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_le
         return losses.head_token_log_likelihoods(m.hidden_from_batch(batch, deterministic=True),
                                                  m.logits_from_hidden, tgt, weights, max_positions=max_positions)
 
-    out: list[float] = []
+    sums: list[float] = []
+    tokens: list[int] = []
     for start in range(0, len(feats), batch_size):
         chunk = feats[start:start + batch_size]
         batch = {k: np.stack([f[k] for f in chunk]) for k in chunk[0]}
@@ -142,8 +150,9 @@ def score_rows(model: Any, rows: Sequence[Mapping[str, Any]], *, task_feature_le
         if pad:
             batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
         scores = score(state, batch, losses.position_bucket(batch["decoder_loss_weights"]))
-        out.extend(float(x) for x in np.asarray(scores)[:len(chunk)])
-    return out
+        sums.extend(float(x) for x in np.asarray(scores)[:len(chunk)])
+        tokens.extend(int(x) for x in np.count_nonzero(batch["decoder_loss_weights"][:len(chunk)], axis=-1))
+    return sums, tokens
 
 
 def train_on_rows(*, model_dir: str, name: str, train_rows: Sequence[Mapping[str, Any]], train_steps: int,

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
+from fiat_jax.data import readers
 from fiat_jax.errors import UserError
 
 
@@ -16,12 +16,6 @@ def read_rows(path: str | pathlib.Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"evidence: no results file {path} (run `make evidence` first)")
     rows: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: not JSON ({err.msg})") from None
+    for number, row in readers.json_object_lines(path.read_text().splitlines(), what="evidence", path=path):
         rows[str(row.get("config_hash") or row.get("run_id") or number)] = row
     return list(rows.values())
