@@ -140,8 +140,11 @@ def _generate_jit(graphdef: nnx.GraphDef, state: Any, tokens: Array, mask: Array
     else:
         cache = model.init_cache(b, length + max_new_tokens)
         positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
-        logits, cache = model(tokens, positions=positions, input_mask=mask, cache=cache,
-                              causal_attention=mask if prefix_bidirectional else None)
+        # The prefill needs the next-token distribution at the last slot only (prompts are left-padded, so it is
+        # every row's last real token): the LM head runs on that one hidden state, not on [B, L, vocab].
+        hidden, cache = model(tokens, positions=positions, input_mask=mask, cache=cache,
+                              causal_attention=mask if prefix_bidirectional else None, head=False)
+        logits = model.logits_from_hidden(hidden[:, -1:])
         positions = jnp.sum(mask.astype(jnp.int32), axis=-1)  # next position per row
     logits = logits[:, -1]
 
