@@ -178,3 +178,35 @@ def test_lora_decoder_greedy_generation_matches_full_recompute():
     got = decoding.generate(model, PROMPTS, max_new_tokens=steps)
     for i, p in enumerate(PROMPTS):
         assert got.tokens[i].tolist() == _full_recompute_decoder(model, p, steps), i
+
+
+def test_score_applies_the_lm_head_at_target_positions_only(dec):
+    """Scoring a short target after a long prompt forms logits for the target's slots, not for every slot."""
+    import re
+
+    prompts, targets = [[5] * 40, [6] * 3], [[7, 8], [9]]
+    got = decoding.score(dec, prompts, targets)
+    logits = dec(jnp.asarray([prompts[0] + targets[0]], jnp.int32))[0]
+    want = sum(float(jax.nn.log_softmax(logits[39 + j])[t]) for j, t in enumerate(targets[0]))
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
+    args, kwargs = _score_args(dec, prompts, targets)
+    text = decoding._score_jit.lower(*args, **kwargs).as_text()
+    assert not [m for m in re.findall(r"tensor<(\d+)x(\d+)x(\d+)x", text) if m[1] == "64" and m[2] == str(V)]
+
+
+def _score_args(model, prompts, targets):
+    """What ``decoding.score`` passes to its jitted program (captured by wrapping the jit once)."""
+    captured = {}
+    real = decoding._score_jit
+
+    class _Capture:
+        def __call__(self, *args, **kwargs):
+            captured["args"], captured["kwargs"] = args, kwargs
+            return real(*args, **kwargs)
+
+    decoding._score_jit = _Capture()
+    try:
+        decoding.score(model, prompts, targets)
+    finally:
+        decoding._score_jit = real
+    return captured["args"], captured["kwargs"]
