@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import TUNED_ENV, BenchResult
+from benchmarks.common import BenchResult, run_result_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TARGETS = {"decoder": 2.5, "t5": 2.0}
@@ -40,15 +38,8 @@ def rows_file(n: int) -> pathlib.Path:
 
 
 def run_peer(script: str, arch: str, rows: pathlib.Path, steps: int, batch: int) -> dict | None:
-    env = dict(os.environ, **TUNED_ENV, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "peers" / script), "--arch", arch, "--rows", str(rows),
-           "--steps", str(steps), "--batch", str(batch)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    print(f"  {script} {arch} failed:\n{out.stderr[-2000:]}", flush=True)
-    return None
+    return run_result_script(script, ["--arch", arch, "--rows", str(rows), "--steps", str(steps),
+                                      "--batch", str(batch)])
 
 
 def run(*, quick: bool = False, archs: tuple[str, ...] = ("decoder", "t5")) -> list[BenchResult]:

@@ -7,13 +7,11 @@ venv (.venv-tunix), created on first use from the pinned stack plus google-tunix
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 import subprocess
 import sys
 
-from benchmarks.common import TUNED_ENV, BenchResult
+from benchmarks.common import BenchResult, run_result_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TUNIX_VENV = ROOT / ".venv-tunix"
@@ -36,15 +34,8 @@ def ensure_tunix_venv() -> pathlib.Path | None:
 
 
 def run_step(python: str | pathlib.Path, script: str, mode: str, steps: int, seq_len: int) -> dict | None:
-    env = dict(os.environ, **TUNED_ENV, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    cmd = [str(python), str(ROOT / "benchmarks" / "peers" / script), "--mode", mode, "--steps", str(steps),
-           "--seq_len", str(seq_len)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    print(f"  {script} {mode} failed:\n{out.stderr[-2000:]}", flush=True)
-    return None
+    return run_result_script(script, ["--mode", mode, "--steps", str(steps), "--seq_len", str(seq_len)],
+                             python=python, timeout=1800)
 
 
 def run(*, quick: bool = False) -> list[BenchResult]:

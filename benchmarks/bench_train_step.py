@@ -104,25 +104,16 @@ def make_batch(s: Shape, seed: int = 0):
 def measure(s: Shape, *, repeats: int) -> dict:
     """Seconds per full-model fp32 train step through the trainer's pjit step, each with its own matmul peak."""
     import jax
-    import optax
     from flax import nnx
 
+    from benchmarks.peers.fiat_step import compiled_step
     from fiat_jax import partitioning
-    from fiat_jax.train import train_step
 
     mesh = partitioning.make_mesh("data=1", devices=jax.devices()[:1])
     model = partitioning.create_model(lambda: make_model(s, nnx.Rngs(0)), mesh=mesh)
-    graphdef, params, frozen = train_step.split_model(model)
+    compiled, mesh, (params, opt_state, step, frozen, batch) = compiled_step(model, make_batch(s))
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    tx = optax.adamw(1e-4)
-    step_fn = train_step.make_step_fn(graphdef, tx, train_step.StepConfig())
     with jax.set_mesh(mesh):
-        compiled = train_step.jit_step(step_fn, mesh=mesh, abstract_params=params,
-                                       abstract_opt_state=jax.eval_shape(tx.init, params), abstract_frozen=frozen)
-        params = jax.device_put(params, compiled.params_shardings)
-        opt_state = jax.jit(tx.init, out_shardings=compiled.opt_shardings)(params)
-        step = jax.device_put(jax.numpy.zeros((), jax.numpy.int32), compiled.replicated)
-        batch = jax.device_put(make_batch(s), compiled.batch_sharding)
         state = {"params": params, "opt": opt_state, "step": step}
 
         def one():

@@ -7,7 +7,12 @@ reported as median with spread (min..max).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import pathlib
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +22,21 @@ from typing import Any
 # costs ~10 % of a T5-small step. glibc's hugetlb tunable makes malloc ask for transparent huge pages instead. Every
 # train-step measurement (ours and the peers') runs in a child process with this environment.
 TUNED_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_result_script(script: str, flags: list[str], *, python: str | os.PathLike = sys.executable,
+                      timeout: float = 3600) -> dict | None:
+    """Run ``benchmarks/peers/<script> <flags>`` in a fresh process with :data:`TUNED_ENV` (the process discipline
+    every step measurement shares) and return its ``RESULT {json}`` line, or None (its stderr tail printed)."""
+    env = dict(os.environ, **TUNED_ENV, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    cmd = [str(python), str(ROOT / "benchmarks" / "peers" / script), *flags]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    print(f"  {script} {' '.join(flags)} failed:\n{out.stderr[-2000:]}", flush=True)
+    return None
 
 
 @dataclasses.dataclass

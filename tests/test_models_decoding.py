@@ -141,3 +141,72 @@ def test_score_equals_manual_log_softmax(kind, dec, t5):
         lp = jax.nn.log_softmax(logits, axis=-1)
         want = float(sum(lp[j, tok] for j, tok in enumerate(t)))
         assert abs(got[i] - want) < 1e-4 * max(1.0, abs(want)), (i, got[i], want)
+
+
+def _prefill_logit_shapes(model, prompts, steps):
+    """Every ``[batch, length>1, vocab]`` array in the compiled generation program (the prefill's full logits)."""
+    import re
+
+    from flax import nnx
+
+    tokens, mask = decoding._pack(prompts, len(prompts), 16, left=True)
+    graphdef, state = nnx.split(model)
+    text = decoding._generate_jit.lower(
+        graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0), jnp.float32(1e-6),
+        jnp.float32(1.0), jnp.int32(-1), jnp.int32(0), max_new_tokens=steps, greedy=True, top_k=None,
+        use_top_p=False, has_eos=False, has_callback=False, prefix_bidirectional=False).as_text()
+    return [m for m in re.findall(r"tensor<(\d+)x(\d+)x(\d+)x", text) if m[1] != "1" and m[2] == str(V)]
+
+
+def test_prefill_applies_the_lm_head_at_the_last_position_only(dec):
+    assert _prefill_logit_shapes(dec, PROMPTS, 4) == []
+
+
+def test_lora_decoder_greedy_generation_matches_full_recompute():
+    """LoRA on every projection and the LM head (adapters made non-zero): the prefill's head-on-last-position path
+    goes through the PEFT wrapper and still reproduces full recomputation token for token."""
+    from flax import nnx
+
+    from fiat_jax.peft import lora
+
+    model = lora.apply_lora(tiny_decoder(), targets=".*", rank=2, seed=3)
+    adapters = [var for _, var in nnx.iter_graph(model) if isinstance(var, nnx.LoRAParam)]
+    assert len(adapters) > 4
+    for i, var in enumerate(adapters):
+        var.set_value(jax.random.normal(jax.random.key(i), var.get_value().shape) * 0.3)
+    steps = 12
+    got = decoding.generate(model, PROMPTS, max_new_tokens=steps)
+    for i, p in enumerate(PROMPTS):
+        assert got.tokens[i].tolist() == _full_recompute_decoder(model, p, steps), i
+
+
+def test_score_applies_the_lm_head_at_target_positions_only(dec):
+    """Scoring a short target after a long prompt forms logits for the target's slots, not for every slot."""
+    import re
+
+    prompts, targets = [[5] * 40, [6] * 3], [[7, 8], [9]]
+    got = decoding.score(dec, prompts, targets)
+    logits = dec(jnp.asarray([prompts[0] + targets[0]], jnp.int32))[0]
+    want = sum(float(jax.nn.log_softmax(logits[39 + j])[t]) for j, t in enumerate(targets[0]))
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
+    args, kwargs = _score_args(dec, prompts, targets)
+    text = decoding._score_jit.lower(*args, **kwargs).as_text()
+    assert not [m for m in re.findall(r"tensor<(\d+)x(\d+)x(\d+)x", text) if m[1] == "64" and m[2] == str(V)]
+
+
+def _score_args(model, prompts, targets):
+    """What ``decoding.score`` passes to its jitted program (captured by wrapping the jit once)."""
+    captured = {}
+    real = decoding._score_jit
+
+    class _Capture:
+        def __call__(self, *args, **kwargs):
+            captured["args"], captured["kwargs"] = args, kwargs
+            return real(*args, **kwargs)
+
+    decoding._score_jit = _Capture()
+    try:
+        decoding.score(model, prompts, targets)
+    finally:
+        decoding._score_jit = real
+    return captured["args"], captured["kwargs"]

@@ -8,13 +8,12 @@ import pytest
 from flax import nnx
 
 import test_train_helpers as H
-from fiat_jax import partitioning
+from benchmarks.peers.fiat_step import compiled_step
 from fiat_jax.models import build_model
 from fiat_jax.models.decoder import DecoderConfig
 from fiat_jax.models.t5 import T5Config
 from fiat_jax.peft import lora, prompt_tuning, trainable
 from fiat_jax.peft.wrapper import chain_transforms
-from fiat_jax.train import train_step
 from test_train_helpers import compilation_cache  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
@@ -41,18 +40,10 @@ def _batch(cfg, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def _train(model, filt, cfg, steps: int = 3):
     """Run the trainer's jitted step ``steps`` times on one device; returns the merged model."""
-    mesh = partitioning.make_mesh("data=1", devices=jax.devices()[:1])
-    graphdef, params, frozen = train_step.split_model(model, filt)
-    tx = optax.adam(1e-2)
-    step_fn = train_step.make_step_fn(graphdef, tx, train_step.StepConfig(), trainable=filt)
+    graphdef = nnx.graphdef(model)
+    compiled, mesh, (params, opt_state, step, frozen, _) = compiled_step(model, trainable=filt, tx=optax.adam(1e-2))
     rng = np.random.default_rng(0)
     with jax.set_mesh(mesh):
-        compiled = train_step.jit_step(step_fn, mesh=mesh, abstract_params=params,
-                                       abstract_opt_state=jax.eval_shape(tx.init, params), abstract_frozen=frozen)
-        params = jax.device_put(params, compiled.params_shardings)
-        opt_state = jax.jit(tx.init, out_shardings=compiled.opt_shardings)(params)
-        step = jax.device_put(np.zeros((), np.int32), compiled.replicated)
-        frozen = jax.device_put(frozen, compiled.frozen_shardings)
         for _ in range(steps):
             batch = jax.device_put(_batch(cfg, rng), compiled.batch_sharding)
             params, opt_state, step, metrics = compiled.fn(params, opt_state, step, frozen, batch)

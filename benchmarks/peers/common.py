@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import sys
@@ -41,3 +42,39 @@ def emit(**fields) -> None:
     fields["peak_rss_mb"] = round(peak_rss_mb(), 1)
     sys.stdout.write("RESULT " + json.dumps(fields) + "\n")
     sys.stdout.flush()
+
+
+def step_args(*extra: tuple[str, dict]) -> argparse.Namespace:
+    """The synthetic-step scripts' CLI: ``--mode lora|full --steps N --seq_len T`` (+ ``extra`` flags)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["lora", "full"], required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--seq_len", type=int, default=SEQ_LEN)
+    for flag, kwargs in extra:
+        parser.add_argument(flag, **kwargs)
+    return parser.parse_args()
+
+
+def workload_args(*extra: tuple[str, dict]) -> argparse.Namespace:
+    """The FIAT-row workload scripts' CLI: ``--arch decoder|t5 --rows ROWS.json --steps N --batch B`` (+ ``extra``)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", choices=["decoder", "t5"], required=True)
+    parser.add_argument("--rows", required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    for flag, kwargs in extra:
+        parser.add_argument(flag, **kwargs)
+    return parser.parse_args()
+
+
+def torch_smollm2():
+    """HF transformers' Llama with the SmolLM2-135M shape, random init, fp32, SDPA attention (torch peers only)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    s = SMOLLM2_135M
+    config = LlamaConfig(vocab_size=s["vocab_size"], hidden_size=s["d_model"], num_hidden_layers=s["n_layers"],
+                         num_attention_heads=s["n_heads"], num_key_value_heads=s["n_kv_heads"],
+                         head_dim=s["head_dim"], intermediate_size=s["mlp_dim"], rope_theta=s["rope_theta"],
+                         rms_norm_eps=s["rms_norm_eps"], tie_word_embeddings=s["tie_embeddings"],
+                         max_position_embeddings=2048, attn_implementation="sdpa")
+    return LlamaForCausalLM(config).float()

@@ -10,7 +10,6 @@ Exits with status 3 and a one-line reason on stderr (no RESULT line) when ``--mo
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 import time
@@ -18,7 +17,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from benchmarks.peers.common import (  # noqa: E402
-    BATCH, LORA_ALPHA, LORA_RANK, SEQ_LEN, SMOLLM2_135M, emit)
+    BATCH, LORA_ALPHA, LORA_RANK, SMOLLM2_135M, emit, step_args)
 
 MEMORY: dict[str, float] = {}  # filled by train_step_seconds: XLA's buffer sizes of the compiled step
 
@@ -45,20 +44,25 @@ def apply_lora(model):
     return model, lora.trainable_filter()
 
 
-def compiled_step(model, batch, *, trainable):
+def compiled_step(model, batch=None, *, trainable=None, tx=None, step_config=None):
     """``(compiled step, mesh, [params, opt_state, step, frozen, batch])``: the trainer's jitted step on one device
-    (adamw, params/opt state donated), its arguments placed with the step's shardings."""
+    (``tx`` default adamw 1e-4, params/opt state donated), its arguments placed with the step's shardings; the
+    benchmarks and the PEFT training test all drive the step through this one set-up. ``trainable``: an nnx filter
+    (default every ``nnx.Param``); ``batch`` None leaves the last slot None (place batches with
+    ``compiled.batch_sharding``)."""
     import jax
     import numpy as np
     import optax
+    from flax import nnx
 
     from fiat_jax import partitioning
     from fiat_jax.train import train_step
 
+    trainable = nnx.Param if trainable is None else trainable
     mesh = partitioning.make_mesh("data=1", devices=jax.devices()[:1])
     graphdef, params, frozen = train_step.split_model(model, trainable)
-    tx = optax.adamw(1e-4)
-    step_fn = train_step.make_step_fn(graphdef, tx, train_step.StepConfig(), trainable=trainable)
+    tx = optax.adamw(1e-4) if tx is None else tx
+    step_fn = train_step.make_step_fn(graphdef, tx, step_config or train_step.StepConfig(), trainable=trainable)
     with jax.set_mesh(mesh):
         compiled = train_step.jit_step(step_fn, mesh=mesh, abstract_params=params,
                                        abstract_opt_state=jax.eval_shape(tx.init, params), abstract_frozen=frozen)
@@ -66,16 +70,24 @@ def compiled_step(model, batch, *, trainable):
         opt_state = jax.jit(tx.init, out_shardings=compiled.opt_shardings)(params)
         step = jax.device_put(np.zeros((), np.int32), compiled.replicated)
         frozen = jax.device_put(frozen, compiled.frozen_shardings)
-        batch = jax.device_put(dict(batch), compiled.batch_sharding)
+        batch = None if batch is None else jax.device_put(dict(batch), compiled.batch_sharding)
     return compiled, mesh, [params, opt_state, step, frozen, batch]
 
 
-def train_step_seconds(model, batch, *, trainable, steps: int) -> tuple[list[float], float, int]:
+def train_step_seconds(model, batch, *, trainable, steps: int, head_chunk: int | None = None
+                       ) -> tuple[list[float], float, int]:
     """``(seconds per step, last summed loss, trainable count)`` of :func:`compiled_step`, after one compile +
-    warm-up step."""
+    warm-up step. ``head_chunk``: the LM head + cross-entropy in rematerialised chunks of that many positions
+    (``StepConfig.head_chunk_size``; the loss is on every position, so every position is a loss position)."""
     import jax
 
-    compiled, mesh, args = compiled_step(model, batch, trainable=trainable)
+    from fiat_jax.train import train_step
+
+    config = None
+    if head_chunk:
+        config = train_step.StepConfig(loss_positions_per_row=batch["decoder_target_tokens"].shape[1],
+                                       head_chunk_size=int(head_chunk))
+    compiled, mesh, args = compiled_step(model, batch, trainable=trainable, step_config=config)
     with jax.set_mesh(mesh):
         step_fn = compiled.fn.lower(*args).compile()
         memory = step_fn.memory_analysis()
@@ -97,12 +109,8 @@ def train_step_seconds(model, batch, *, trainable, steps: int) -> tuple[list[flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["lora", "full"], required=True)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--seq_len", type=int, default=SEQ_LEN)
-    parser.add_argument("--remat", default="none", help="activation remat per layer: none, full, save_dots")
-    args = parser.parse_args()
+    args = step_args(("--remat", dict(default="none", help="activation remat per layer: none, full, save_dots")),
+                     ("--head_chunk", dict(type=int, default=0, help="LM head + CE in chunks of N positions")))
 
     import numpy as np
     from flax import nnx
@@ -121,9 +129,11 @@ def main() -> None:
     tokens = np.random.default_rng(1).integers(0, SMOLLM2_135M["vocab_size"], (b, t + 1), dtype=np.int32)
     batch = {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
              "decoder_loss_weights": np.ones((b, t), np.int32)}
-    times, loss, trainable_count = train_step_seconds(model, batch, trainable=trainable, steps=args.steps)
+    times, loss, trainable_count = train_step_seconds(model, batch, trainable=trainable, steps=args.steps,
+                                                      head_chunk=args.head_chunk or None)
     emit(peer="fiat_jax", mode=args.mode, step_s=sorted(times)[len(times) // 2], min_s=min(times),
-         max_s=max(times), trainable=trainable_count, loss=loss / (b * t), remat=args.remat, **MEMORY)
+         max_s=max(times), trainable=trainable_count, loss=loss / (b * t), remat=args.remat,
+         head_chunk=args.head_chunk, **MEMORY)
 
 
 if __name__ == "__main__":

@@ -5,35 +5,24 @@ python benchmarks/peers/torch_peft_step.py --mode lora|full [--steps 3]
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from benchmarks.peers.common import (BATCH, LORA_ALPHA, LORA_RANK, LORA_TARGETS, SEQ_LEN, SMOLLM2_135M,  # noqa: E402
-                                     emit)
+from benchmarks.peers.common import (BATCH, LORA_ALPHA, LORA_RANK, LORA_TARGETS, SMOLLM2_135M,  # noqa: E402
+                                     emit, step_args, torch_smollm2)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["lora", "full"], required=True)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--seq_len", type=int, default=SEQ_LEN)
-    args = parser.parse_args()
+    args = step_args()
 
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     s = SMOLLM2_135M
-    config = LlamaConfig(vocab_size=s["vocab_size"], hidden_size=s["d_model"], num_hidden_layers=s["n_layers"],
-                         num_attention_heads=s["n_heads"], num_key_value_heads=s["n_kv_heads"],
-                         head_dim=s["head_dim"], intermediate_size=s["mlp_dim"], rope_theta=s["rope_theta"],
-                         rms_norm_eps=s["rms_norm_eps"], tie_word_embeddings=s["tie_embeddings"],
-                         max_position_embeddings=2048, attn_implementation="sdpa")
-    model = LlamaForCausalLM(config).float()
+    model = torch_smollm2()
     if args.mode == "lora":
         from peft import LoraConfig, get_peft_model
 

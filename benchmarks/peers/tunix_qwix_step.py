@@ -6,22 +6,17 @@ python benchmarks/peers/tunix_qwix_step.py --mode lora|full [--steps 3]
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from benchmarks.peers.common import BATCH, LORA_ALPHA, LORA_RANK, SEQ_LEN, SMOLLM2_135M, emit  # noqa: E402
+from benchmarks.peers.common import BATCH, LORA_ALPHA, LORA_RANK, SMOLLM2_135M, emit, step_args  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["lora", "full"], required=True)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--seq_len", type=int, default=SEQ_LEN)
-    args = parser.parse_args()
+    args = step_args()
 
     import jax
     import jax.numpy as jnp

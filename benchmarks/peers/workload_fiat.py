@@ -7,7 +7,6 @@ Prints one RESULT line: seconds per step and *useful* tokens (real input + targe
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -15,7 +14,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from benchmarks.peers.common import LORA_ALPHA, LORA_RANK, emit  # noqa: E402
+from benchmarks.peers.common import LORA_ALPHA, LORA_RANK, emit, workload_args  # noqa: E402
 from benchmarks.peers.fiat_step import LORA_TARGET_REGEX, compiled_step, decoder_config  # noqa: E402
 
 T5_VOCAB = 32128
@@ -52,19 +51,10 @@ def useful_tokens(batch) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--arch", choices=["decoder", "t5"], required=True)
-    parser.add_argument("--rows", required=True)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--inputs_len", type=int, default=512)
-    parser.add_argument("--targets_len", type=int, default=16)
-    args = parser.parse_args()
+    args = workload_args(("--inputs_len", dict(type=int, default=512)), ("--targets_len", dict(type=int, default=16)))
 
     import jax
-    import optax
 
-    from fiat_jax import partitioning
     from fiat_jax.models import build_model
     from fiat_jax.peft import lora
     from fiat_jax.train import train_step
@@ -76,21 +66,11 @@ def main() -> None:
         sys.exit(f"only {len(batches)} packed batches from {len(rows)} rows; need {args.steps + 1}")
     model = build_model(config=decoder_config() if args.arch == "decoder" else t5_config(), seed=0)
     model = lora.lora_transform(targets=LORA_TARGET_REGEX, rank=LORA_RANK, alpha=LORA_ALPHA)(model)
-    trainable = lora.trainable_filter()
     # The trainer's setting: "auto" = the targets length per row (train_step.resolve_loss_positions).
     per_row = train_step.resolve_loss_positions("auto", {"inputs": args.inputs_len, "targets": args.targets_len})
-    graphdef, params, frozen = train_step.split_model(model, trainable)
-    tx = optax.adamw(1e-4)
-    step_fn = train_step.make_step_fn(graphdef, tx, train_step.StepConfig(loss_positions_per_row=per_row),
-                                      trainable=trainable)
-    mesh = partitioning.make_mesh("data=1", devices=jax.devices()[:1])
+    compiled, mesh, (params, opt_state, step, frozen, _) = compiled_step(
+        model, trainable=lora.trainable_filter(), step_config=train_step.StepConfig(loss_positions_per_row=per_row))
     with jax.set_mesh(mesh):
-        compiled = train_step.jit_step(step_fn, mesh=mesh, abstract_params=params,
-                                       abstract_opt_state=jax.eval_shape(tx.init, params), abstract_frozen=frozen)
-        params = jax.device_put(params, compiled.params_shardings)
-        opt_state = jax.jit(tx.init, out_shardings=compiled.opt_shardings)(params)
-        step = jax.device_put(jax.numpy.zeros((), jax.numpy.int32), compiled.replicated)
-        frozen = jax.device_put(frozen, compiled.frozen_shardings)
         start = time.perf_counter()
         params, opt_state, step, m = compiled.fn(params, opt_state, step, frozen,
                                                  jax.device_put(batches[0], compiled.batch_sharding))

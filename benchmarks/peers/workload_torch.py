@@ -7,7 +7,6 @@ python benchmarks/peers/workload_torch.py --arch decoder|t5 --rows ROWS.json --s
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -15,22 +14,17 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from benchmarks.peers.common import LORA_ALPHA, LORA_RANK, LORA_TARGETS, SMOLLM2_135M, emit  # noqa: E402
+from benchmarks.peers.common import (LORA_ALPHA, LORA_RANK, LORA_TARGETS, emit, torch_smollm2,  # noqa: E402
+                                     workload_args)
 
 T5_VOCAB = 32128
 
 
 def build(arch: str):
-    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+    from transformers import T5Config, T5ForConditionalGeneration
 
     if arch == "decoder":
-        s = SMOLLM2_135M
-        config = LlamaConfig(vocab_size=s["vocab_size"], hidden_size=s["d_model"], num_hidden_layers=s["n_layers"],
-                             num_attention_heads=s["n_heads"], num_key_value_heads=s["n_kv_heads"],
-                             head_dim=s["head_dim"], intermediate_size=s["mlp_dim"], rope_theta=s["rope_theta"],
-                             rms_norm_eps=s["rms_norm_eps"], tie_word_embeddings=s["tie_embeddings"],
-                             max_position_embeddings=2048, attn_implementation="sdpa")
-        return LlamaForCausalLM(config).float(), list(LORA_TARGETS)
+        return torch_smollm2(), list(LORA_TARGETS)
     config = T5Config(vocab_size=T5_VOCAB, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8,
                       num_heads=6, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                       decoder_start_token_id=0, pad_token_id=0)
@@ -65,12 +59,7 @@ def collate(rows, arch: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--arch", choices=["decoder", "t5"], required=True)
-    parser.add_argument("--rows", required=True)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=8)
-    args = parser.parse_args()
+    args = workload_args()
 
     import torch
     from peft import LoraConfig, get_peft_model

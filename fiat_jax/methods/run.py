@@ -16,6 +16,7 @@ from typing import Any
 import gin
 
 from fiat_jax.errors import UserError
+from fiat_jax.methods import intervals
 from fiat_jax.methods import results as results_lib
 from fiat_jax import gin_utils, partitioning
 import importlib
@@ -44,18 +45,20 @@ def run(*, model_dir: str, method: Method | None = None, methods: Mapping[str, M
         register_tasks()
     plan = {"run": method} if method is not None else dict(methods)
     out: dict[str, dict[str, dict[str, float]]] = {}
+    items: dict[str, dict[str, Any]] = {}  # per-item scores, for each mean's interval
     started = time.perf_counter()
     for i, (name, fn) in enumerate(plan.items()):
         where = model_dir if method is not None else os.path.join(model_dir, _slug(name))
         _log.info("[%d/%d] %s -> %s", i + 1, len(plan), name, where)
         t0 = time.perf_counter()
         out[name] = dict(fn(model_dir=where))
+        items[name] = results_lib.item_scores(where, out[name])
         _log.info("[%d/%d] %s done in %.0f s: %s", i + 1, len(plan), name, time.perf_counter() - t0,
                   results_lib.language_average(out[name]))
     gin_utils.write_operative_config(model_dir)
     wall = time.perf_counter() - started
     if methods is not None:
-        table = results_lib.comparison_table(out, metric=metric)
+        table = intervals.interval_table(out, items, metric=metric)
         with open(os.path.join(model_dir, "comparison.md"), "w") as fh:
             fh.write(table + f"\n\nwall time {wall:.0f} s\n")
         if print_table:

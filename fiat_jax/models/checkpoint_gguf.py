@@ -155,9 +155,10 @@ def gguf_to_hf_names(g: GGUFFile) -> tuple[Flat, list[str]]:
     return out, unknown
 
 
-def read_gguf_params(path: PathLike) -> tuple[Flat, list[str]]:
-    """GGUF file -> (our flat names, unrecognised GGUF tensor names)."""
-    g = GGUFFile(path)
+def read_gguf_params(path: PathLike | GGUFFile) -> tuple[Flat, list[str]]:
+    """GGUF file (or one already opened: parsing its metadata is most of a small model's load) -> (our flat
+    names, unrecognised GGUF tensor names)."""
+    g = path if isinstance(path, GGUFFile) else GGUFFile(path)
     hf, unknown = gguf_to_hf_names(g)
     ours, unrecognised = apply_rules(hf, llama_rules(_gguf_llama_shape(g)))
     return ours, sorted(unknown + unrecognised)

@@ -140,8 +140,11 @@ def _generate_jit(graphdef: nnx.GraphDef, state: Any, tokens: Array, mask: Array
     else:
         cache = model.init_cache(b, length + max_new_tokens)
         positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
-        logits, cache = model(tokens, positions=positions, input_mask=mask, cache=cache,
-                              causal_attention=mask if prefix_bidirectional else None)
+        # The prefill needs the next-token distribution at the last slot only (prompts are left-padded, so it is
+        # every row's last real token): the LM head runs on that one hidden state, not on [B, L, vocab].
+        hidden, cache = model(tokens, positions=positions, input_mask=mask, cache=cache,
+                              causal_attention=mask if prefix_bidirectional else None, head=False)
+        logits = model.logits_from_hidden(hidden[:, -1:])
         positions = jnp.sum(mask.astype(jnp.int32), axis=-1)  # next position per row
     logits = logits[:, -1]
 
@@ -254,14 +257,19 @@ def generate(model: Any, prompts: TokenRows, *, max_new_tokens: int, temperature
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "prefix_bidirectional"))
 def _score_jit(graphdef: nnx.GraphDef, state: Any, inputs: Array, input_mask: Array, dec_in: Array,
-               targets: Array, weights: Array, *, prefix_bidirectional: bool) -> Array:
+               targets: Array, weights: Array, positions: Array | None, real: Array | None, *,
+               prefix_bidirectional: bool) -> Array:
+    """Decoder-only: ``positions [B, Tt]`` are the slots whose next-token distributions are scored (``targets``
+    and ``weights`` aligned with them; the LM head runs there only, not over the whole prompt) and ``real [B, L]``
+    the slots that are tokens (prompt and all but the last target token)."""
     model = nnx.merge(graphdef, state)
     if model.model_kind == "encoder_decoder":
         encoded, valid, _ = model.encode(inputs, input_mask=input_mask)
         logits = model.decode(dec_in, encoded, encoder_valid=valid)
     else:
-        logits = model(dec_in, input_mask=weights.astype(bool) | input_mask,
-                       causal_attention=input_mask if prefix_bidirectional else None)
+        hidden = model(dec_in, input_mask=real, causal_attention=input_mask if prefix_bidirectional else None,
+                       head=False)
+        logits = model.logits_from_hidden(jnp.take_along_axis(hidden, positions[..., None], axis=1))
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     return jnp.sum(tok * weights, axis=-1)
@@ -293,14 +301,22 @@ def score(model: Any, prompts: TokenRows, targets: TokenRows, *, prefix_bidirect
         length = bucket_size(max(len(s) for s in seqs))
         dec_in, _ = _pack(seqs, batch, length, left=False)
         in_mask = np.zeros((batch, length), bool)
-        tgt = np.zeros((batch, length), np.int32)
-        w = np.zeros((batch, length), bool)
-        for i in range(n):
-            lp, lt = len(p_rows[i]), len(t_rows[i])
+        t_len = bucket_size(max(len(r) for r in t_rows))
+        positions = np.zeros((batch, t_len), np.int32)  # slot lp-1+j predicts target token j
+        tgt = np.zeros((batch, t_len), np.int32)
+        w = np.zeros((batch, t_len), bool)
+        real = np.zeros((batch, length), bool)
+        for i in range(batch):
+            lp, lt = (len(p_rows[i]), len(t_rows[i])) if i < n else (1, 0)
             in_mask[i, :lp] = True
-            tgt[i, lp - 1:lp - 1 + lt] = t_rows[i]
-            w[i, lp - 1:lp - 1 + lt] = True
+            real[i, :lp + max(lt - 1, 0)] = True
+            positions[i] = np.minimum(lp - 1 + np.arange(t_len), length - 1)
+            tgt[i, :lt] = t_rows[i] if i < n else []
+            w[i, :lt] = True
         inputs = dec_in
     out = _score_jit(graphdef, state, jnp.asarray(inputs), jnp.asarray(in_mask), jnp.asarray(dec_in),
-                     jnp.asarray(tgt), jnp.asarray(w, jnp.float32), prefix_bidirectional=prefix_bidirectional)
+                     jnp.asarray(tgt), jnp.asarray(w, jnp.float32),
+                     *((None, None) if getattr(model, "model_kind", "decoder") == "encoder_decoder"
+                       else (jnp.asarray(positions), jnp.asarray(real))),
+                     prefix_bidirectional=prefix_bidirectional)
     return np.asarray(out)[:n]

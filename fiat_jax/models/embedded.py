@@ -79,7 +79,7 @@ _lock = threading.Lock()
 def _load_gguf(path: str) -> Pretrained:
     start = time.perf_counter()
     g = ci.GGUFFile(path)
-    flat, unknown = ci.read_gguf_params(path)
+    flat, unknown = ci.read_gguf_params(g)  # the file opened once: its metadata parse is most of the load
     if unknown:
         raise UserError(f"{path}: tensors with no place in a Llama model: {', '.join(unknown[:8])}")
     config = ci.config_from_gguf(g)

@@ -130,15 +130,16 @@ class PeftModel(nnx.Module):
     def _decoder_call(self, tokens: Array | None, *, positions: Array | None = None,
                       segment_ids: Array | None = None, causal_attention: Array | None = None,
                       embeddings: Array | None = None, input_mask: Array | None = None,
-                      cache: dict[str, Any] | None = None, deterministic: bool = True) -> Any:
-        """Decoder-only forward with the soft prompt (see the module docstring for the cache protocol)."""
+                      cache: dict[str, Any] | None = None, deterministic: bool = True, head: bool = True) -> Any:
+        """Decoder-only forward with the soft prompt (see the module docstring for the cache protocol);
+        ``head=False`` returns final hidden states, as the wrapped model does."""
         p = self.prompt_length
         if cache is not None and PROMPT_PENDING not in cache:  # a later decode step: the prompt is cached
             if positions is not None:
                 positions = positions + p
             return self.model(tokens, positions=positions, segment_ids=segment_ids,
                               causal_attention=causal_attention, embeddings=embeddings, input_mask=input_mask,
-                              cache=cache, deterministic=deterministic)
+                              cache=cache, deterministic=deterministic, head=head)
         if cache is not None:
             cache = {k: v for k, v in cache.items() if k != PROMPT_PENDING}
         x = self.model.token_embedder(tokens) if embeddings is None else embeddings
@@ -155,7 +156,8 @@ class PeftModel(nnx.Module):
         if input_mask is not None:
             input_mask = jnp.concatenate([ones, input_mask.astype(bool)], axis=1)
         out = self.model(None, positions=positions, segment_ids=segment_ids, causal_attention=causal_attention,
-                         embeddings=x, input_mask=input_mask, cache=cache, deterministic=deterministic)
+                         embeddings=x, input_mask=input_mask, cache=cache, deterministic=deterministic,
+                         head=head)
         if cache is None:
             return out[:, p:]
         logits, new_cache = out

@@ -78,24 +78,14 @@ def head_cross_entropy_sums(hidden: jax.Array, head: Callable[[jax.Array], jax.A
     ``hidden [B, T, D]`` are final hidden states and ``head`` the LM head. With ``max_positions`` N (static) the
     at most N positions whose weight is non-zero are gathered to ``[N, D]`` and only their ``[N, V]`` logits are
     formed; a batch with more loss positions than N takes the full ``[B, T, V]`` path instead (``lax.cond``, so
-    the result is always exact and only the branch taken runs). ``chunk_size`` splits the N positions into
-    rematerialised chunks so at most ``[chunk_size, V]`` logits live at once (long targets). ``max_positions``
-    None (or >= B*T) is the full computation.
+    the result is always exact and only the branch taken runs). ``chunk_size`` splits the N positions (all B*T of
+    them on the full path) into rematerialised chunks so at most ``[chunk_size, V]`` logits live at once (long
+    targets, loss on every position). ``max_positions`` None (or >= B*T) is the full computation.
     """
     b, t = targets.shape
 
-    def full(hidden):
-        return cross_entropy_sums(head(hidden), targets, weights, z_loss=z_loss)
-
-    if max_positions is None or max_positions >= b * t:
-        return full(hidden)
-    n = int(max_positions)
-
-    def gathered(hidden):
-        idx, valid, _ = loss_positions(weights, n)
-        h = _gather_rows(hidden, idx)
-        tgt = jnp.take(targets.reshape(-1), idx)
-        w = jnp.where(valid, jnp.take(weights.reshape(-1), idx), 0)
+    def rows(h, tgt, w):  # h [N, D]: one head call, or rematerialised chunks of at most chunk_size positions
+        n = h.shape[0]
         if not chunk_size or chunk_size >= n:
             return cross_entropy_sums(head(h), tgt, w, z_loss=z_loss)
         c = int(chunk_size)
@@ -111,6 +101,20 @@ def head_cross_entropy_sums(hidden: jax.Array, head: Callable[[jax.Array], jax.A
 
         sums = jax.lax.map(one, (h, tgt, w))
         return {k: jnp.sum(v) for k, v in sums.items()}
+
+    def full(hidden):
+        if chunk_size and chunk_size < b * t:  # every position, still never more than [chunk_size, V] logits
+            return rows(hidden.reshape(b * t, hidden.shape[-1]), targets.reshape(-1), weights.reshape(-1))
+        return cross_entropy_sums(head(hidden), targets, weights, z_loss=z_loss)
+
+    if max_positions is None or max_positions >= b * t:
+        return full(hidden)
+    n = int(max_positions)
+
+    def gathered(hidden):
+        idx, valid, _ = loss_positions(weights, n)
+        w = jnp.where(valid, jnp.take(weights.reshape(-1), idx), 0)
+        return rows(_gather_rows(hidden, idx), jnp.take(targets.reshape(-1), idx), w)
 
     count = jnp.sum((weights != 0).astype(jnp.int32))
     return jax.lax.cond(count <= n, gathered, full, hidden)
