@@ -14,7 +14,8 @@ import seqio
 import tasks
 from fiat_jax.data import readers, sources, splits, tfds_builders
 from fiat_jax.errors import UserError
-from fiat_jax.methods import common, examples
+from fiat_jax.data import examples
+from fiat_jax.methods import common
 
 EVAL_SPLITS = ("validation", "test")
 
