@@ -11,9 +11,9 @@ from typing import Any
 import gin
 import seqio
 
-from fiat_jax.errors import UserError
-from fiat_jax.data.vocab import get_vocabulary
 from fiat_jax.data import preprocessors
+from fiat_jax.data.vocab import get_vocabulary
+from fiat_jax.errors import UserError
 
 Example = dict[str, Any]
 

@@ -20,15 +20,15 @@ from typing import Any
 
 import gin
 
+from fiat_jax.data import synthetic
+from fiat_jax.data import documents as documents_lib
 from fiat_jax.data.text import split_sentences
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
-from fiat_jax.teachers import materialise as materialise_lib, recipes
-from fiat_jax.data import synthetic
 from fiat_jax.methods import student as student_lib
 from fiat_jax.methods import common
-from fiat_jax.methods.examples import training_set_size_policy
-from fiat_jax.data import documents as documents_lib
+from fiat_jax.data.examples import training_set_size_policy
+from fiat_jax.teachers import materialise as materialise_lib, recipes
 
 _log = logging.getLogger(__name__)
 

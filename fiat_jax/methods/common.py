@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from fiat_jax.errors import UserError
-from fiat_jax.methods.examples import task_examples
+from fiat_jax.data.examples import task_examples
 
 
 def task_names(mixture_or_task_name: str) -> list[str]:

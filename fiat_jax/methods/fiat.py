@@ -25,10 +25,10 @@ from fiat_jax.data.preprocessors import DEFAULT_FIAT_TEMPLATE, FiatTemplate, fia
 from fiat_jax.data.teacher_outputs import read_teacher_outputs
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
-from fiat_jax.teachers import materialise as materialise_lib, recipes
-from fiat_jax.methods.student import no_transform
 from fiat_jax.methods import common
 from fiat_jax.methods import student as student_lib
+from fiat_jax.methods.student import no_transform
+from fiat_jax.teachers import materialise as materialise_lib, recipes
 
 _log = logging.getLogger(__name__)
 
@@ -106,7 +106,6 @@ def student_setup(ablations: FiatAblations, *, initial_params: Callable | None, 
     (``initial_params``) unless ``non_instruction_tuned_base`` (``base_initial_params``)."""
     # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
     from flax import nnx
-
 
     if ablations.non_instruction_tuned_base:
         if base_initial_params is None:

@@ -15,8 +15,8 @@ import numpy as np
 
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
-from fiat_jax.teachers import base
 from fiat_jax.methods import common
+from fiat_jax.teachers import base
 
 _log = logging.getLogger(__name__)
 

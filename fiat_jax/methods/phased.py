@@ -23,12 +23,12 @@ import gin
 import numpy as np
 
 from fiat_jax.errors import UserError
-from fiat_jax.teachers import materialise as materialise_lib
-from fiat_jax.methods.examples import examples_task
-from fiat_jax.train import optimizers
-from fiat_jax.methods.winrate import pairwise_win_rate
 from fiat_jax.methods import common, heldout, results as results_lib
 from fiat_jax.methods import student as student_lib
+from fiat_jax.data.examples import examples_task
+from fiat_jax.methods.winrate import pairwise_win_rate
+from fiat_jax.teachers import materialise as materialise_lib
+from fiat_jax.train import optimizers
 from fiat_jax.train import trainer
 
 _log = logging.getLogger(__name__)
@@ -198,7 +198,6 @@ def train_stages(stages: Sequence[Stage], *, model_dir: str, steps_per_stage: Se
     """
     # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
     from flax import nnx
-
 
     if trainable is None:
         trainable = nnx.Param

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -17,10 +18,9 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fiat_jax.train import run_record
-from fiat_jax.methods.examples import training_set_sizes
 from fiat_jax.methods import common
-import inspect
+from fiat_jax.data.examples import training_set_sizes
+from fiat_jax.train import run_record
 
 _log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ quickstart's ICL vs fine-tuning vs FIAT), then print a table of their held-out m
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -15,11 +16,10 @@ from typing import Any
 
 import gin
 
+from fiat_jax import gin_utils, partitioning
 from fiat_jax.errors import UserError
 from fiat_jax.methods import intervals
 from fiat_jax.methods import results as results_lib
-from fiat_jax import gin_utils, partitioning
-import importlib
 from fiat_jax.models import embedded
 
 _log = logging.getLogger(__name__)

@@ -16,12 +16,11 @@ import gin
 import numpy as np
 import seqio
 
+from fiat_jax.data.examples import examples_task
 from fiat_jax.errors import UserError
-from fiat_jax.methods.examples import examples_task
-from fiat_jax.train import trainer as trainer_lib
-from fiat_jax.train import input_pipeline, losses
-from fiat_jax.train import evaluator
 from fiat_jax.methods.common import metric_spec
+from fiat_jax.train import evaluator, input_pipeline, losses
+from fiat_jax.train import trainer as trainer_lib
 
 # "Not given here: the trainer's own ``train.<hook>`` gin binding applies" (e.g. a models/*.gin file's
 # ``train.initial_params = @pretrained_params``), as opposed to an explicit None (no hook at all).
@@ -116,7 +115,6 @@ def score_rows_and_tokens(model: Any, rows: Sequence[Mapping[str, Any]], *, task
     import jax.numpy as jnp
     # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
     from flax import nnx
-
 
     if not rows:
         return [], []

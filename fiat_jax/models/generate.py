@@ -15,8 +15,8 @@ import gin
 import numpy as np
 
 from fiat_jax.errors import UserError
-from fiat_jax.models.embedded import EMBEDDED_SOURCE, Pretrained, load_pretrained
 from fiat_jax.models import decoding
+from fiat_jax.models.embedded import EMBEDDED_SOURCE, Pretrained, load_pretrained
 
 
 class TextStreamer:
@@ -99,7 +99,6 @@ def _decode(model: Any, ids: list[int], *, max_new_tokens: int, temperature: flo
     """Run ``decoding.generate`` on one prompt; returns the new ids (up to, excluding, EOS)."""
     # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
     import jax
-
 
     prompt = np.asarray([ids], np.int32)
     seen = [0]

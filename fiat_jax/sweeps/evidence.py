@@ -21,8 +21,8 @@ import numpy as np
 
 from fiat_jax.data import synthetic
 from fiat_jax.errors import UserError
-from fiat_jax.sweeps.results_rows import read_rows
 from fiat_jax.sweeps import evidence_fiat, evidence_phased, stats
+from fiat_jax.sweeps.results_rows import read_rows
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BOUNDS = (0.0, 100.0)

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fiat_jax.errors import UserError
-from fiat_jax.sweeps.results_rows import read_rows
 from fiat_jax.sweeps import stats
+from fiat_jax.sweeps.results_rows import read_rows
 
 METRIC = "accuracy"
 SIMULATED = "simulated:"

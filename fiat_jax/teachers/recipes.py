@@ -23,9 +23,9 @@ from typing import Any
 
 import gin
 
+from fiat_jax.data import exemplars as exemplars_lib
 from fiat_jax.data.text import split_sentences
 from fiat_jax.errors import UserError
-from fiat_jax.data import exemplars as exemplars_lib
 
 __all__ = ["ParseError", "Recipe", "available", "cot_exemplars", "load", "parse_instruction", "parse_lines",
            "parse_score", "parse_text", "parse_verdict", "recipe_path", "split_sentences"]

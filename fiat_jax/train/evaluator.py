@@ -31,11 +31,11 @@ import numpy as np
 from flax import nnx
 
 from fiat_jax.errors import UserError
+from fiat_jax.models import decoding
 from fiat_jax.train import checkpoints as ckpt_lib
 from fiat_jax.train import input_pipeline, losses
 from fiat_jax.train.metrics_writer import MetricsWriter
 from fiat_jax.train.trainer import build_model
-from fiat_jax.models import decoding
 
 _log = logging.getLogger(__name__)
 EOS_ID = 1

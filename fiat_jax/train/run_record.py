@@ -4,16 +4,16 @@ it. Never imports jax: a sweep process that imports this must not claim accelera
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
 import pathlib
+import platform
+import subprocess
+import sys
 from collections.abc import Mapping
 from typing import Any
-import sys
-import subprocess
-import platform
-import hashlib
-import importlib.metadata
 
 RESULTS_JSON = "results.json"
 
