@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from fiat_jax.methods.student import StudentSpec
 from fiat_jax.data import synthetic
 from fiat_jax.errors import UserError
 from fiat_jax.methods import augmentation as A
@@ -92,13 +93,12 @@ def test_reversal_plain_ft_near_chance_augmented_ft_above(tmp_path):
         batch_size=16, log_every_steps=50)
     tfl = {"inputs": 16, "targets": 48}
     try:
-        plain = A.augmented_finetune_method(model_dir=str(tmp_path / "plain"), train_steps=250,
-                                            task_feature_lengths=tfl, local=False, global_=False,
-                                            sentence_split=None, train_fn=train_fn, icl_baseline=True, **world)
-        aug = A.augmented_finetune_method(model_dir=str(tmp_path / "aug"), train_steps=250,
-                                          task_feature_lengths=tfl, teacher=A.RuleBasedAugmenter("en"),
-                                          local=True, global_=True, train_fn=train_fn, icl_baseline=True,
-                                          **world)
+        student = StudentSpec(train_steps=250, task_feature_lengths=tfl, train_fn=train_fn, eval_batch_size=32)
+        plain = A.augmented_finetune_method(model_dir=str(tmp_path / "plain"), student=student, local=False,
+                                            global_=False, sentence_split=None, icl_baseline=True, **world)
+        aug = A.augmented_finetune_method(model_dir=str(tmp_path / "aug"), student=student,
+                                          teacher=A.RuleBasedAugmenter("en"), local=True, global_=True,
+                                          icl_baseline=True, **world)
     finally:
         MH.cleanup_registry()
     items = [i for i in synthetic.generate(seed=0, languages=("en",), **world).items if i["kind"] == "reversal"]

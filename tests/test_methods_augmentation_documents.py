@@ -10,6 +10,7 @@ import json
 import gin
 import pytest
 
+from fiat_jax.methods.student import StudentSpec
 from fiat_jax import gin_utils
 from fiat_jax.data import documents as D
 from fiat_jax.errors import UserError
@@ -91,8 +92,9 @@ def test_probes_become_items_scored_like_the_synthetic_ones(tmp_path):
 
 
 def test_method_checks_its_sources_before_training(tmp_path, handbook):
-    kwargs = dict(model_dir=str(tmp_path), train_steps=1, task_feature_lengths={"inputs": 8, "targets": 8},
-                  local=False, global_=False, train_fn=MH.tiny_train_fn())
+    kwargs = dict(model_dir=str(tmp_path), local=False, global_=False,
+                  student=StudentSpec(train_steps=1, task_feature_lengths={"inputs": 8, "targets": 8},
+                                      train_fn=MH.tiny_train_fn(), eval_batch_size=32))
     with pytest.raises(UserError, match="a probes file needs a documents file"):
         A.augmented_finetune_method(probes_file=str(handbook / "probes.jsonl"), **kwargs)
     with pytest.raises(UserError, match="num_train_examples=9 documents asked for, the documents file"):
@@ -116,7 +118,7 @@ def test_handbook_end_to_end_through_the_gin_files(tmp_path, handbook):
     for f in ("methods/augmented_ft.gin", "runs/augmented_documents.gin", "teachers/replay.gin"):
         gin.parse_config_file(str(gin_utils.DEFAULT_GIN_DIR / f))
     gin.parse_config([
-        "train.model_factory = @tiny_documents_student", f"MODEL_DIR = '{tmp_path}'", "SEED = 1", "TRAIN_STEPS = 4",
+        "StudentSpec.model_factory = @tiny_documents_student", f"MODEL_DIR = '{tmp_path}'", "SEED = 1", "TRAIN_STEPS = 4",
         "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 96}", "train.batch_size = 8", "train.mesh = 'data=1'",
         "train.num_devices = 1", "train.progress_bar = False", "train.tensorboard = False",
         "train.async_checkpointing = False", "run.register_tasks = None",
@@ -149,9 +151,10 @@ def test_documents_without_probes_train_and_score_nothing(tmp_path, handbook):
     """Plain fine-tuning on the documents alone: a trained student and its rows, no metrics invented."""
     try:
         metrics = A.augmented_finetune_method(
-            model_dir=str(tmp_path), train_steps=2, task_feature_lengths={"inputs": 16, "targets": 96},
-            local=False, global_=False, sentence_split=None, documents_file=str(handbook / "documents.jsonl"),
-            train_fn=MH.tiny_train_fn(), icl_baseline=True)
+            model_dir=str(tmp_path), local=False, global_=False, sentence_split=None,
+            documents_file=str(handbook / "documents.jsonl"), icl_baseline=True,
+            student=StudentSpec(train_steps=2, task_feature_lengths={"inputs": 16, "targets": 96},
+                                train_fn=MH.tiny_train_fn(), eval_batch_size=32))
     finally:
         MH.cleanup_registry()
     assert metrics == {"documents_en": {}}

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from fiat_jax.methods.student import StudentSpec
 from fiat_jax.errors import UserError
 from fiat_jax.methods import fiat as F
 import test_methods_helpers as MH
@@ -85,17 +86,19 @@ def test_missing_pieces_fail_before_training(tmp_path):
     called = []
     try:
         with pytest.raises(UserError, match="missing teacher"):
-            F.fiat_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", train_steps=2,
-                          task_feature_lengths=MH.TFL, student_instruction="x", train_fn=lambda **k: called.append(1))
+            F.fiat_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", student_instruction="x",
+                          student=StudentSpec(train_steps=2, task_feature_lengths=MH.TFL,
+                                              train_fn=lambda **k: called.append(1)))
         with pytest.raises(UserError, match="PEFT transform"):
-            F.fiat_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", train_steps=2,
-                          task_feature_lengths=MH.TFL, teacher=MH.FakeTeacher(), student_instruction="x",
-                          train_fn=lambda **k: called.append(1))
+            F.fiat_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", teacher=MH.FakeTeacher(),
+                          student_instruction="x", student=StudentSpec(train_steps=2, task_feature_lengths=MH.TFL,
+                                                                       train_fn=lambda **k: called.append(1)))
         with pytest.raises(UserError, match="base checkpoint"):
-            F.fiat_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", train_steps=2,
-                          task_feature_lengths=MH.TFL, teacher=MH.FakeTeacher(),
+            F.fiat_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", teacher=MH.FakeTeacher(),
                           ablations=F.FiatAblations(non_instruction_tuned_base=True),
-                          model_transform=MH.identity_peft, train_fn=lambda **k: called.append(1))
+                          student=StudentSpec(train_steps=2, task_feature_lengths=MH.TFL,
+                                              model_transform=MH.identity_peft,
+                                              train_fn=lambda **k: called.append(1)))
         assert not called
     finally:
         MH.cleanup_registry()
@@ -125,10 +128,11 @@ def test_fiat_end_to_end_on_a_tiny_student(tmp_path, flag):
     teacher = MH.FakeTeacher()
     ablations = F.FiatAblations(**({flag: True} if flag else {}))
     try:
-        metrics = F.fiat_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", train_steps=3,
-                                task_feature_lengths=MH.TFL, teacher=teacher, student_instruction=None,
-                                ablations=ablations, train_fn=MH.tiny_train_fn(), eval_batch_size=8,
-                                model_transform=MH.identity_peft, trainable=MH.head_only())
+        metrics = F.fiat_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", teacher=teacher,
+                                student_instruction=None, ablations=ablations,
+                                student=StudentSpec(train_steps=3, task_feature_lengths=MH.TFL,
+                                                    train_fn=MH.tiny_train_fn(), eval_batch_size=8,
+                                                    model_transform=MH.identity_peft, trainable=MH.head_only()))
     finally:
         MH.cleanup_registry()
     assert set(metrics) == {"toyadd_en"} and 0.0 <= metrics["toyadd_en"]["accuracy"] <= 100.0

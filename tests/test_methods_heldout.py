@@ -10,6 +10,7 @@ from flax import nnx
 
 import test_methods_helpers as MH
 import test_train_helpers as H
+from fiat_jax.methods.student import StudentSpec
 from fiat_jax.methods import heldout, phased, student
 from fiat_jax.methods.examples import register_examples_task
 from test_train_helpers import compilation_cache  # noqa: F401 (fixture)
@@ -62,9 +63,10 @@ def test_phased_run_writes_per_item_scores_that_reproduce_its_metrics(tmp_path):
     register_examples_task("phasedtoy", {"train": train, "validation": validation})
     try:
         judge = _WinLossTie()
-        metrics = phased.phased_method(model_dir=str(tmp_path), train_steps=3, task_feature_lengths=MH.TFL,
-                                       mixture_or_task_name="phasedtoy", thresholds=(1.5, 3.5), judge=judge,
-                                       num_judge_examples=3, train_fn=MH.tiny_train_fn(), eval_batch_size=8)
+        metrics = phased.phased_method(model_dir=str(tmp_path), mixture_or_task_name="phasedtoy",
+                                       thresholds=(1.5, 3.5), judge=judge, num_judge_examples=3,
+                                       student=StudentSpec(train_steps=3, task_feature_lengths=MH.TFL,
+                                                           train_fn=MH.tiny_train_fn(), eval_batch_size=8))
     finally:
         MH.cleanup_registry()
     m = metrics["phasedtoy"]

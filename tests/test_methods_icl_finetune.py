@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from fiat_jax.methods.student import StudentSpec
 from fiat_jax.data import metrics as data_metrics
 from fiat_jax.errors import UserError
 from fiat_jax.methods import fiat as F
@@ -75,15 +76,18 @@ def test_finetune_full_and_peft_hooks(tmp_path):
     head_only = nnx.All(nnx.Param, nnx.PathContains("logits_dense"))
     try:
         with pytest.raises(UserError, match="PEFT transform"):
-            finetune.finetune_method(model_dir=str(tmp_path / "x"), mixture_or_task_name="toyadd_en", train_steps=2,
-                                     task_feature_lengths=MH.TFL, mode="lora", train_fn=MH.tiny_train_fn())
+            finetune.finetune_method(model_dir=str(tmp_path / "x"), mixture_or_task_name="toyadd_en", mode="lora",
+                                     student=StudentSpec(train_steps=2, task_feature_lengths=MH.TFL,
+                                                         train_fn=MH.tiny_train_fn()))
         full = finetune.finetune_method(model_dir=str(tmp_path / "full"), mixture_or_task_name="toyadd_en",
-                                        train_steps=3, task_feature_lengths=MH.TFL, mode="full",
-                                        train_fn=MH.tiny_train_fn(), eval_batch_size=8)
+                                        mode="full", student=StudentSpec(
+                                            train_steps=3, task_feature_lengths=MH.TFL,
+                                            train_fn=MH.tiny_train_fn(), eval_batch_size=8))
         peft = finetune.finetune_method(model_dir=str(tmp_path / "lora"), mixture_or_task_name="toyadd_en",
-                                        train_steps=3, task_feature_lengths=MH.TFL, mode="lora",
-                                        model_transform=freeze_all_but_head, trainable=head_only,
-                                        train_fn=MH.tiny_train_fn(), eval_batch_size=8)
+                                        mode="lora", student=StudentSpec(
+                                            train_steps=3, task_feature_lengths=MH.TFL,
+                                            model_transform=freeze_all_but_head, trainable=head_only,
+                                            train_fn=MH.tiny_train_fn(), eval_batch_size=8))
     finally:
         MH.cleanup_registry()
     assert "accuracy" in full["toyadd_en"] and "accuracy" in peft["toyadd_en"] and transformed
@@ -103,13 +107,13 @@ def test_non_instruction_tuned_base_loads_the_base_checkpoint(tmp_path):
     MH.register_toy()
     loaded = []
     try:
-        F.fiat_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", train_steps=2,
-                      task_feature_lengths=MH.TFL, teacher=MH.FakeTeacher(), student_instruction="Add.",
-                      initial_params=lambda m: loaded.append("instruct"),
-                      base_initial_params=lambda m: loaded.append("base"),
-                      ablations=F.FiatAblations(non_instruction_tuned_base=True), train_fn=MH.tiny_train_fn(),
-                      model_transform=MH.identity_peft, trainable=MH.head_only(),
-                      eval_batch_size=8)
+        F.fiat_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", teacher=MH.FakeTeacher(),
+                      student_instruction="Add.", base_initial_params=lambda m: loaded.append("base"),
+                      ablations=F.FiatAblations(non_instruction_tuned_base=True),
+                      student=StudentSpec(train_steps=2, task_feature_lengths=MH.TFL,
+                                          initial_params=lambda m: loaded.append("instruct"),
+                                          train_fn=MH.tiny_train_fn(), model_transform=MH.identity_peft,
+                                          trainable=MH.head_only(), eval_batch_size=8))
     finally:
         MH.cleanup_registry()
     assert loaded == ["base"]
@@ -118,15 +122,14 @@ def test_non_instruction_tuned_base_loads_the_base_checkpoint(tmp_path):
 @pytest.mark.usefixtures("compilation_cache")
 def test_run_compares_methods_in_a_table(tmp_path, capsys):
     teacher = MH.FakeTeacher()
+    student = StudentSpec(train_steps=2, task_feature_lengths=MH.TFL, train_fn=MH.tiny_train_fn(), eval_batch_size=8)
     methods = {
         "ICL": functools.partial(icl.icl_method, mixture_or_task_name="toyadd_en", teacher=teacher, k=2),
-        "FT": functools.partial(finetune.finetune_method, mixture_or_task_name="toyadd_en", train_steps=2,
-                                task_feature_lengths=MH.TFL, mode="full", train_fn=MH.tiny_train_fn(),
-                                eval_batch_size=8),
-        "FIAT": functools.partial(F.fiat_method, mixture_or_task_name="toyadd_en", train_steps=2,
-                                  task_feature_lengths=MH.TFL, teacher=teacher, student_instruction="Add.",
-                                  ablations=F.FiatAblations(full_finetune=True), train_fn=MH.tiny_train_fn(),
-                                  eval_batch_size=8),
+        "FT": functools.partial(finetune.finetune_method, mixture_or_task_name="toyadd_en", mode="full",
+                                student=student),
+        "FIAT": functools.partial(F.fiat_method, mixture_or_task_name="toyadd_en", teacher=teacher,
+                                  student_instruction="Add.", ablations=F.FiatAblations(full_finetune=True),
+                                  student=student),
     }
     try:
         with pytest.raises(UserError, match="exactly one"):

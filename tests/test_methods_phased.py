@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from fiat_jax.methods.student import StudentSpec
 from fiat_jax.errors import UserError
 from fiat_jax.methods import phased
 import test_methods_helpers as MH
@@ -102,13 +103,13 @@ def test_phased_method_fails_before_training_on_empty_stage(tmp_path):
     called = []
     try:
         with pytest.raises(UserError, match="no examples"):
-            phased.phased_method(model_dir=str(tmp_path), train_steps=4, task_feature_lengths=MH.TFL,
-                                 mixture_or_task_name="phasedtoy",
-                                 train_fn=functools.partial(lambda **k: called.append(k), model_factory=None))
+            phased.phased_method(model_dir=str(tmp_path), mixture_or_task_name="phasedtoy", student=StudentSpec(
+                train_steps=4, task_feature_lengths=MH.TFL,
+                train_fn=functools.partial(lambda **k: called.append(k), model_factory=None)))
         with pytest.raises(UserError, match="missing the student model"):
-            phased.phased_method(model_dir=str(tmp_path), train_steps=4, task_feature_lengths=MH.TFL,
-                                 mixture_or_task_name="phasedtoy", thresholds=(4.2,),
-                                 train_fn=lambda **k: called.append(k))
+            phased.phased_method(model_dir=str(tmp_path), mixture_or_task_name="phasedtoy", thresholds=(4.2,),
+                                 student=StudentSpec(train_steps=4, task_feature_lengths=MH.TFL,
+                                                     train_fn=lambda **k: called.append(k)))
         assert not called
     finally:
         MH.cleanup_registry()
@@ -129,9 +130,10 @@ def test_phased_method_end_to_end(tmp_path):
                                             "validation": _ex([2.0, 3.0])})
     try:
         judge = _AlwaysFirst()
-        metrics = phased.phased_method(model_dir=str(tmp_path), train_steps=6, task_feature_lengths=MH.TFL,
-                                       mixture_or_task_name="phasedtoy", thresholds=(1.5, 3.5), judge=judge,
-                                       train_fn=MH.tiny_train_fn(), eval_batch_size=8)
+        metrics = phased.phased_method(model_dir=str(tmp_path), mixture_or_task_name="phasedtoy",
+                                       thresholds=(1.5, 3.5), judge=judge,
+                                       student=StudentSpec(train_steps=6, task_feature_lengths=MH.TFL,
+                                                           train_fn=MH.tiny_train_fn(), eval_batch_size=8))
         assert np.isfinite(metrics["phasedtoy"]["log_likelihood"])
         # Win rate against the reference responses: a judge that always says "A" is split by the two orders.
         assert metrics["phasedtoy"]["n"] == 2 and metrics["phasedtoy"]["ties"] == 2

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from fiat_jax.methods.student import StudentSpec
 from fiat_jax.errors import UserError
 from fiat_jax.methods import fiat as F
 from fiat_jax.teachers import base
@@ -97,10 +98,11 @@ def test_fiat_with_the_controlled_teacher_records_simulated_everywhere(tmp_path)
     MH.register_toy()
     teacher = C.ControlledTeacher(q=1.0, seed=0)
     try:
-        F.fiat_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", train_steps=2,
-                      task_feature_lengths=MH.TFL, teacher=teacher, student_instruction="Add the two numbers.",
-                      train_fn=MH.tiny_train_fn(), eval_batch_size=8, model_transform=MH.identity_peft,
-                      trainable=MH.head_only())
+        F.fiat_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", teacher=teacher,
+                      student_instruction="Add the two numbers.",
+                      student=StudentSpec(train_steps=2, task_feature_lengths=MH.TFL, train_fn=MH.tiny_train_fn(),
+                                          eval_batch_size=8, model_transform=MH.identity_peft,
+                                          trainable=MH.head_only()))
     finally:
         MH.cleanup_registry()
     res = json.loads((tmp_path / "results.json").read_text())

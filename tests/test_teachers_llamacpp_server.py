@@ -266,7 +266,7 @@ def test_fiat_method_with_the_server_as_teacher(server, tmp_path, shared_data_di
                  "--gin.TEACHER=@cached_teacher()", f"--gin.MODEL_DIR={model_dir}",
                  "--gin.MIXTURE_OR_TASK_NAME='mgsm_en'", "--gin.EVAL_SPLIT='validation'",
                  "--gin.NUM_TRAIN_EXAMPLES=4", "--gin.NUM_EVAL_EXAMPLES=2", "--gin.TRAIN_STEPS=2",
-                 "--gin.train.batch_size=2", "--gin.evaluate.batch_size=2", "--gin.fiat_method.eval_batch_size=2",
+                 "--gin.train.batch_size=2", "--gin.evaluate.batch_size=2", "--gin.StudentSpec.eval_batch_size=2",
                  "--gin.fiat_method.max_reasoning_tokens=24", "--gin.train.tensorboard=False",
                  "--gin.STUDENT_INSTRUCTION='Answer with a number.'",
                  f"--gin.register_all.data_dir={shared_data_dir}")

@@ -97,7 +97,7 @@ def _configure(tmp_path, shared_data_dir, *files, bindings=()):
     for f in files:
         gin.parse_config_file(str(gin_utils.DEFAULT_GIN_DIR / f))
     gin.parse_config([
-        "train.model_factory = @tiny_replay_student", f"MODEL_DIR = '{tmp_path}'", "SEED = 1",
+        "StudentSpec.model_factory = @tiny_replay_student", f"MODEL_DIR = '{tmp_path}'", "SEED = 1",
         "NUM_TRAIN_EXAMPLES = 8", "NUM_EVAL_EXAMPLES = 4", "TRAIN_STEPS = 2", "train.batch_size = 4",
         "TASK_FEATURE_LENGTHS = {'inputs': 192, 'targets': 8}", "train.progress_bar = False",
         "train.tensorboard = False", "train.async_checkpointing = False", "evaluate.batch_size = 4",

@@ -54,12 +54,12 @@ def test_student_spec_trains_an_unregistered_task_with_explicit_hooks():
     assert set(seqio.TaskRegistry.names()) == before
     assert isinstance(seen["task"], seqio.Task) and seen["task"].name == "spec_probe"
     assert seen["model_transform"] is MH.identity_peft and seen["train_steps"] == 3
-    # Hooks left to the trainer's own binding are not passed; an explicit None is.
-    assert "initial_params" not in seen and "trainable" not in seen
+    # Every hook is passed explicitly (nothing is left to a train.* gin binding): None initial params and
+    # transform as None, no trainable filter as every parameter; the spec's model factory when it names one.
+    from flax import nnx
+    assert seen["initial_params"] is None and seen["trainable"] is nnx.Param and "model_factory" not in seen
     seen.clear()
-    spec.with_hooks(model_transform=None).train(model_dir="/unused", name="spec_probe", train_rows=MH.toy_rows(2))
-    assert "model_transform" not in seen
-    seen.clear()
-    dataclasses.replace(spec, trainable=None).train(model_dir="/unused", name="spec_probe",
-                                                    train_rows=MH.toy_rows(2))
-    assert seen["trainable"] is None
+    factory = object()
+    dataclasses.replace(spec, model_transform=None, model_factory=factory).train(
+        model_dir="/unused", name="spec_probe", train_rows=MH.toy_rows(2))
+    assert seen["model_transform"] is None and seen["model_factory"] is factory

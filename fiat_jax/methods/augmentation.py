@@ -12,6 +12,7 @@ reversal "B is the child of A" of a trained "A is the parent of B").
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -26,7 +27,8 @@ from fiat_jax.data.text import split_sentences
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
 from fiat_jax.methods import student as student_lib
-from fiat_jax.methods import common
+from fiat_jax.methods.common import teacher_identity
+from fiat_jax.methods.student import StudentSpec
 from fiat_jax.data.examples import training_set_size_policy
 from fiat_jax.teachers import materialise as materialise_lib, recipes
 
@@ -230,45 +232,22 @@ def mc_accuracy(items: Sequence[Mapping[str, Any]], scores: Sequence[float]) -> 
 DOC_PREFIX = "Document:"
 
 
-@gin.configurable(denylist=["train_fn"])
-def augmented_finetune_method(*, model_dir: str, train_steps: int | None = None,
-                              task_feature_lengths: Mapping[str, int] | None = None,
-                              language: str = "en", synthetic_seed: int = 0, num_train_examples: int | None = None,
-                              teacher: Any = None, local: bool = True, global_: bool = True,
-                              sentence_split: str | None = "independent", split_documents: bool = True,
-                              icl_baseline: bool = False, initial_params: Any = None, model_transform: Any = None,
-                              trainable: Any = None, eval_batch_size: int = 32, max_new_tokens: int = 128,
-                              write_results: bool = True, train_fn: Any = None,
-                              documents_file: str | None = None, probes_file: str | None = None,
-                              student: Any = None, **generate_overrides: Any) -> dict[str, dict[str, float]]:
-    """Fine-tune on the synthetic-facts documents of ``language`` plus their augmentations, then score every
-    test item's options by likelihood (accuracy overall and per kind: rephrase, reversal, two_hop, held_out).
+@dataclasses.dataclass(frozen=True)
+class TrainingSource:
+    """What augmented fine-tuning trains on and is probed with: the training documents, the probe items and the
+    task name they are reported under."""
 
-    ``documents_file`` (with an optional ``probes_file``; fiat_jax/data/documents.py has the formats) replaces the
-    synthetic world with the user's own documents and probes, through the same augmentation, training and
-    likelihood scoring; the task is ``documents_<language>`` (``documents`` when the languages are mixed or
-    unnamed). Without probes the run trains and writes its augmented rows but scores nothing.
+    documents: list[dict[str, Any]]
+    items: list[dict[str, Any]]
+    task: str
 
-    ``local``/``global_`` need a ``teacher`` (the :class:`RuleBasedAugmenter` is exact on this data);
-    ``sentence_split`` adds split documents; ``split_documents`` trains on sentences rather than whole documents
-    (shorter rows, the same facts). ``icl_baseline`` also scores the student as it was before fine-tuning with
-    every training document in context (``icl_accuracy*``; needs ``task_feature_lengths["inputs"]`` long enough
-    for the documents, else they are truncated). A ``model_transform`` given here replaces
-    ``train.model_transform``. Plain fine-tuning is ``local=False, global_=False, sentence_split=None``.
-    ``student`` (a ``StudentSpec``) replaces the student's keyword arguments when given.
-    """
 
-    if (local or global_) and teacher is None:
-        raise UserError("augmented fine-tuning: missing teacher for local/global augmentation "
-                        "(bind augmented_finetune_method.teacher, or set local and global_ to False)")
-
-    spec = student or student_lib.StudentSpec.of(
-        train_steps=common.require(train_steps, "train_steps", "augmented fine-tuning"),
-        task_feature_lengths=task_feature_lengths, train_fn=train_fn, initial_params=initial_params,
-        model_transform=model_transform, trainable=trainable, eval_batch_size=eval_batch_size)
-    spec.check("augmented fine-tuning")
+def training_source(*, documents_file: str | None, probes_file: str | None, language: str, synthetic_seed: int,
+                    num_train_examples: int | None, generate_overrides: Mapping[str, Any]) -> TrainingSource:
+    """The user's documents (and probes) or the synthetic facts world of ``language``, cut to
+    ``num_train_examples`` documents (refused when fewer exist, unless the training-set size policy takes what
+    exists)."""
     if documents_file is not None:
-
         if generate_overrides:
             raise UserError(f"augmented fine-tuning: synthetic-world options {sorted(generate_overrides)} given "
                             f"with a documents file ({documents_file})")
@@ -282,7 +261,6 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int | None = None,
         data = synthetic.generate(seed=synthetic_seed, languages=(language,), **generate_overrides)
         all_documents, items, task = data.documents, data.items, f"synthetic_facts_{language}"
         source = "the synthetic world"
-
     if num_train_examples and num_train_examples > len(all_documents) and not training_set_size_policy():
         grow = f" in {language!r} (grow it with generate_overrides, e.g. num_chains, or" if documents_file is None \
             else " (or"
@@ -292,53 +270,90 @@ def augmented_finetune_method(*, model_dir: str, train_steps: int | None = None,
     documents = all_documents[:num_train_examples] if num_train_examples else all_documents
     if not documents:
         raise UserError("augmented fine-tuning: no training documents")
-    rows = augment_documents(documents, teacher=teacher, local=local, global_=global_,
+    return TrainingSource(documents=list(documents), items=list(items), task=task)
+
+
+def training_rows(rows: Sequence[Mapping[str, Any]], *, split_documents: bool) -> list[dict[str, str]]:
+    """The student's rows ``Document: -> text``: each augmented row's text, documents cut into their sentences
+    when ``split_documents`` (duplicates dropped, first kept)."""
+    if not split_documents:
+        return [{"inputs": DOC_PREFIX, "targets": r["text"]} for r in rows]
+    texts: list[str] = []
+    for r in rows:
+        texts += split_sentences(r["text"]) if r["source"] == "document" else [r["text"]]
+    return [{"inputs": DOC_PREFIX, "targets": t} for t in dict.fromkeys(texts)]
+
+
+def probe_accuracy(model: Any, items: Sequence[Mapping[str, Any]], spec: StudentSpec, *,
+                   predictions_path: str | None = None, context: str | None = None) -> dict[str, float]:
+    """Multiple-choice accuracy (in %) of ``model`` on the probe items, each option scored by likelihood (with
+    ``context``, e.g. the documents, before the prefix); each option's score written to ``predictions_path``."""
+    rows = mc_rows(items, context=context)
+    scores = student_lib.score_rows(model, rows, task_feature_lengths=spec.task_feature_lengths,
+                                    batch_size=spec.eval_batch_size)
+    if predictions_path is not None:
+        results_lib.write_jsonl(predictions_path, [dict(row, score=s) for row, s in zip(rows, scores)])
+    return {k: 100.0 * v for k, v in mc_accuracy(items, scores).items()}
+
+
+def icl_baseline_accuracy(result: Any, source: TrainingSource, spec: StudentSpec) -> dict[str, float]:
+    """The student as it was before fine-tuning (``result.initial_trainable``) with every training document in
+    context: ``icl_accuracy*`` (the spec's ``inputs`` length must hold the documents, else they are truncated)."""
+    # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
+    from flax import nnx
+
+    base = nnx.clone(result.model)
+    if result.initial_trainable is not None:
+        nnx.update(base, result.initial_trainable)
+    context = " ".join(d["text"] for d in source.documents)
+    return {f"icl_{k}": v for k, v in probe_accuracy(base, source.items, spec, context=context).items()}
+
+
+@gin.configurable
+def augmented_finetune_method(*, model_dir: str, student: StudentSpec | None = None, language: str = "en",
+                              synthetic_seed: int = 0, num_train_examples: int | None = None, teacher: Any = None,
+                              local: bool = True, global_: bool = True, sentence_split: str | None = "independent",
+                              split_documents: bool = True, icl_baseline: bool = False, max_new_tokens: int = 128,
+                              write_results: bool = True, documents_file: str | None = None,
+                              probes_file: str | None = None, **generate_overrides: Any) -> dict[str, dict[str, float]]:
+    """Fine-tune ``student`` (default: the gin-bound ``StudentSpec()``) on the documents of
+    :func:`training_source` (the synthetic facts of ``language``, or ``documents_file`` + ``probes_file``) plus
+    their augmentations (``local``/``global_`` need a ``teacher``; ``sentence_split``; ``split_documents``: train on
+    sentences), then score every probe's options by likelihood (accuracy overall and per kind). ``icl_baseline``
+    also scores the student before fine-tuning with every training document in context. Plain fine-tuning is
+    ``local=False, global_=False, sentence_split=None``; without probes nothing is scored."""
+    if (local or global_) and teacher is None:
+        raise UserError("augmented fine-tuning: missing teacher for local/global augmentation "
+                        "(bind augmented_finetune_method.teacher, or set local and global_ to False)")
+    spec = student or StudentSpec()
+    spec.check("augmented fine-tuning")
+    source = training_source(documents_file=documents_file, probes_file=probes_file, language=language,
+                             synthetic_seed=synthetic_seed, num_train_examples=num_train_examples,
+                             generate_overrides=generate_overrides)
+    rows = augment_documents(source.documents, teacher=teacher, local=local, global_=global_,
                              sentence_split=sentence_split, max_new_tokens=max_new_tokens,
-                             out_dir=os.path.join(model_dir, "augmentations"), task=task)
-    if split_documents:
-        texts = []
-        for r in rows:
-            texts += split_sentences(r["text"]) if r["source"] == "document" else [r["text"]]
-        texts = list(dict.fromkeys(texts))
-    else:
-        texts = [r["text"] for r in rows]
-    train_rows = [{"inputs": DOC_PREFIX, "targets": t} for t in texts]
+                             out_dir=os.path.join(model_dir, "augmentations"), task=source.task)
+    train_rows = training_rows(rows, split_documents=split_documents)
     results_lib.write_jsonl(os.path.join(model_dir, "augmented_rows.jsonl"), rows)
-    _log.info("augmented fine-tuning: %d documents -> %d training rows (%s)", len(documents), len(train_rows),
+    _log.info("augmented fine-tuning: %d documents -> %d training rows (%s)", len(source.documents), len(train_rows),
               {s: sum(r["source"] == s for r in rows) for s in ("document", "split", "local", "global")})
     # The student as built (before fine-tuning) comes back too, for the ICL baseline (documents in context).
     result = spec.train(model_dir=os.path.join(model_dir, "student"), name="augmented_ft_train",
                         train_rows=train_rows, **({"keep_initial_trainable": True} if icl_baseline else {}))
-    metrics: dict[str, dict[str, float]] = {task: {}}
-    lengths = spec.task_feature_lengths
-    if items:
-        scores = student_lib.score_rows(result.model, mc_rows(items), task_feature_lengths=lengths,
-                                    batch_size=spec.eval_batch_size)
-        metrics[task] = {k: 100.0 * v for k, v in mc_accuracy(items, scores).items()}
-        results_lib.write_jsonl(os.path.join(model_dir, "predictions", f"{task}-mc.jsonl"), [
-            dict(row, score=s) for row, s in zip(mc_rows(items), scores)])
+    metrics: dict[str, dict[str, float]] = {source.task: {}}
+    if source.items:
+        metrics[source.task] = probe_accuracy(result.model, source.items, spec, predictions_path=os.path.join(
+            model_dir, "predictions", f"{source.task}-mc.jsonl"))
+        if icl_baseline:
+            metrics[source.task].update(icl_baseline_accuracy(result, source, spec))
     else:  # a documents file without probes: the trained student and its rows are the result
         _log.info("augmented fine-tuning: no probes file, nothing scored (the student is in %s/student)", model_dir)
-    if icl_baseline and items:
-        # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
-        from flax import nnx
-
-        context = " ".join(d["text"] for d in documents)
-        base = nnx.clone(result.model)
-        if result.initial_trainable is not None:
-            nnx.update(base, result.initial_trainable)
-        icl_scores = student_lib.score_rows(base, mc_rows(items, context=context), task_feature_lengths=lengths,
-                                        batch_size=spec.eval_batch_size)
-        metrics[task].update({f"icl_{k}": 100.0 * v for k, v in mc_accuracy(items, icl_scores).items()})
     if write_results:
-        results_lib.write_results(model_dir, metrics=metrics, method="augmented_ft", local=local,
-                                  global_=global_, sentence_split=sentence_split,
-                                  teacher=(str(getattr(teacher, "identity", type(teacher).__name__))
-                                           if teacher is not None and (local or global_) else None),
-                                  **({"documents_file": documents_file, "probes_file": probes_file}
-                                     if documents_file is not None else {}),
-                                  num_train_examples=len(documents), num_train_examples_requested=num_train_examples,
-                                  tokens_seen=result.tokens_seen, params_trained=result.params_trained,
-                                  params_total=student_lib.count_params(result.model))
+        results_lib.write_results(
+            model_dir, metrics=metrics, method="augmented_ft", local=local, global_=global_,
+            sentence_split=sentence_split, teacher=teacher_identity(teacher) if local or global_ else None,
+            **({"documents_file": documents_file, "probes_file": probes_file} if documents_file is not None else {}),
+            num_train_examples=len(source.documents), num_train_examples_requested=num_train_examples,
+            tokens_seen=result.tokens_seen, params_trained=result.params_trained,
+            params_total=student_lib.count_params(result.model))
     return metrics
-

@@ -90,3 +90,10 @@ def require(value: Any, what: str, method: str) -> Any:
     if value is None or (isinstance(value, (str, list, tuple, dict)) and not value):
         raise UserError(f"{method}: missing {what}")
     return value
+
+
+def teacher_identity(teacher: Any) -> str | None:
+    """What results.json records as the teacher (``simulated:...`` for the controlled teacher)."""
+    if teacher is None:
+        return None
+    return str(getattr(teacher, "identity", type(teacher).__name__))

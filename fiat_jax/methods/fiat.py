@@ -14,6 +14,7 @@ Ablations, one flag each (:class:`FiatAblations`), each changing only what it na
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -24,10 +25,9 @@ import gin
 from fiat_jax.data.preprocessors import DEFAULT_FIAT_TEMPLATE, FiatTemplate, fiat_input
 from fiat_jax.data.teacher_outputs import read_teacher_outputs
 from fiat_jax.errors import UserError
-from fiat_jax.methods import results as results_lib
-from fiat_jax.methods import common
-from fiat_jax.methods import student as student_lib
-from fiat_jax.methods.student import no_transform
+from fiat_jax.methods import pipeline
+from fiat_jax.methods.common import require, teacher_identity
+from fiat_jax.methods.student import StudentSpec, no_transform
 from fiat_jax.teachers import materialise as materialise_lib, recipes
 
 _log = logging.getLogger(__name__)
@@ -102,8 +102,8 @@ class StudentSetup:
 def student_setup(ablations: FiatAblations, *, initial_params: Callable | None, model_transform: Callable | None,
                   trainable: Any, base_initial_params: Callable | None = None) -> StudentSetup:
     """PEFT (``model_transform`` + ``trainable``) unless ``full_finetune`` (an explicit no-op transform, all
-    parameters trainable); the instruction-tuned checkpoint
-    (``initial_params``) unless ``non_instruction_tuned_base`` (``base_initial_params``)."""
+    parameters trainable); the instruction-tuned checkpoint (``initial_params``) unless
+    ``non_instruction_tuned_base`` (``base_initial_params``)."""
     # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
     from flax import nnx
 
@@ -113,8 +113,26 @@ def student_setup(ablations: FiatAblations, *, initial_params: Callable | None, 
         initial_params = base_initial_params
     if ablations.full_finetune:
         return StudentSetup(initial_params=initial_params, model_transform=no_transform, trainable=nnx.Param)
-    # None = whatever the trainer's gin binds (train.model_transform / train.trainable).
     return StudentSetup(initial_params=initial_params, model_transform=model_transform, trainable=trainable)
+
+
+def fiat_student(spec: StudentSpec, ablations: FiatAblations, *, base_initial_params: Callable | None,
+                 has_teacher: bool) -> StudentSpec:
+    """The spec with the ablations' hooks (:func:`student_setup`), every missing piece refused before anything is
+    computed: no steps, no teacher (and no materialised reasoning) when one is needed, no PEFT transform (unless
+    ``full_finetune``), no student model."""
+    require(spec.train_steps, "train_steps", "FIAT")
+    setup = student_setup(ablations, initial_params=spec.initial_params, model_transform=spec.model_transform,
+                          trainable=spec.trainable, base_initial_params=base_initial_params)
+    spec = dataclasses.replace(spec, **dataclasses.asdict(setup))
+    if ablations.needs_teacher and not has_teacher:
+        raise UserError("FIAT: missing teacher (bind fiat_method.teacher, or fiat_method.teacher_dir to the "
+                        "output of `fiat teach`)")
+    if spec.model_transform is None:
+        raise UserError("FIAT: missing the student's PEFT transform (bind MODEL_TRANSFORM / StudentSpec."
+                        "model_transform, or FiatAblations.full_finetune = True)")
+    spec.check("FIAT")
+    return spec
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,13 +150,6 @@ def teacher_outputs(teacher: Any, examples: Sequence[Mapping[str, Any]], *, task
         variables={"instruction": instruction, "exemplars": exemplars}, max_new_tokens=max_new_tokens,
         keep_unparsed=True, replace_other=True, chunk_size=batch_size, what="FIAT reasoning")
     return result.require_all(f"FIAT reasoning {task}/{split}")
-
-
-def teacher_identity(teacher: Any) -> str | None:
-    """What results.json records as the teacher (``simulated:...`` for the controlled teacher)."""
-    if teacher is None:
-        return None
-    return str(getattr(teacher, "identity", type(teacher).__name__))
 
 
 def write_student_instruction(teacher: Any, *, task: str, out_dir: str | None,
@@ -166,95 +177,87 @@ def _per_task(value: str | Mapping[str, str] | None, task: str) -> str | None:
     return value.get(task) or value.get(language_of(task))
 
 
-@gin.configurable(denylist=["train_fn"])
-def fiat_method(*, model_dir: str, mixture_or_task_name: str, train_steps: int | None = None,
-                task_feature_lengths: Mapping[str, int] | None = None, num_train_examples: int | None = None,
-                num_eval_examples: int | None = None, eval_split: str = "validation",
-                teacher: Any = None, teacher_dir: str | None = None,
-                teacher_instruction: str = "Answer the question. Reason step by step.",
-                teacher_exemplars: Callable[[str], str] | str | None = None,
-                student_instruction: str | Mapping[str, str] | None = None,
-                ablations: FiatAblations | None = None, template: FiatTemplate = DEFAULT_FIAT_TEMPLATE,
-                initial_params: Callable | None = None, model_transform: Callable | None = None,
-                trainable: Any = None, base_initial_params: Callable | None = None,
-                max_reasoning_tokens: int = 128, eval_batch_size: int = 16, write_results: bool = True,
-                train_fn: Callable[..., Any] | None = None, student: Any = None) -> dict[str, dict[str, float]]:
-    """FIAT end to end: teacher reasoning for train and eval examples, student rows, PEFT training, then
-    inference (teacher reasoning, then the student's answer) scored with each task's metrics.
-
-    Fails before any training when a required piece is missing: no teacher (unless ``no_reasoning`` or the
-    reasoning is materialised in ``teacher_dir``), no training examples, no student instruction and no teacher
-    to write one. ``student`` (a ``StudentSpec``) replaces the student's keyword arguments when given.
-    """
-
-    ablations = ablations or FiatAblations()
-    spec = student or student_lib.StudentSpec.of(
-        train_steps=common.require(train_steps, "train_steps", "FIAT"), task_feature_lengths=task_feature_lengths,
-        train_fn=train_fn, initial_params=initial_params, model_transform=model_transform, trainable=trainable,
-        eval_batch_size=eval_batch_size)
-    hooks = spec.hooks()
-    setup = student_setup(ablations, initial_params=hooks.get("initial_params"),
-                          model_transform=hooks.get("model_transform"), trainable=hooks.get("trainable"),
-                          base_initial_params=base_initial_params)
-    spec = spec.with_hooks(initial_params=setup.initial_params, model_transform=setup.model_transform,
-                           trainable=setup.trainable)
-    if ablations.needs_teacher and teacher is None and teacher_dir is None:
-        raise UserError("FIAT: missing teacher (bind fiat_method.teacher, or fiat_method.teacher_dir to the "
-                        "output of `fiat teach`)")
-    if not ablations.full_finetune and not spec.has("model_transform"):
-        raise UserError("FIAT: missing the student's PEFT transform (bind MODEL_TRANSFORM / fiat_method."
-                        "model_transform, or FiatAblations.full_finetune = True)")
-    spec.check("FIAT")
-    train_ex = common.split_examples(mixture_or_task_name, "train", limit=num_train_examples)
-    eval_ex = common.split_examples(mixture_or_task_name, eval_split, limit=num_eval_examples)
+def student_instructions(train_examples: Mapping[str, Sequence[Mapping[str, Any]]],
+                         given: str | Mapping[str, str] | None, *, teacher: Any, ablations: FiatAblations,
+                         out_dir: str) -> dict[str, str | None]:
+    """Each training task's student instruction: the one given, else the teacher's (materialised in ``out_dir``;
+    none needed with ``no_instruction``)."""
     instructions: dict[str, str | None] = {}
-    for task in train_ex:
-        given = _per_task(student_instruction, task)
-        if given is None and not ablations.no_instruction:
+    for task, examples in train_examples.items():
+        instruction = _per_task(given, task)
+        if instruction is None and not ablations.no_instruction:
             if teacher is None:
                 raise UserError(f"FIAT: missing student instruction for {task} (bind fiat_method."
                                 f"student_instruction, or a teacher to write it)")
-            given = write_student_instruction(teacher, task=task, examples=train_ex[task],
-                                              out_dir=os.path.join(model_dir, "teacher_outputs"))
-        instructions[task] = given
+            instruction = write_student_instruction(teacher, task=task, examples=examples, out_dir=out_dir)
+        instructions[task] = instruction
+    return instructions
 
-    def reasoning(task: str, split: str, examples: list[dict]) -> dict[str, str] | None:
-        if not ablations.needs_teacher:
-            return None
-        if teacher_dir is not None and os.path.exists(os.path.join(teacher_dir, task, f"{split}.jsonl")):
-            outs = read_teacher_outputs(teacher_dir, task, split).outputs
-            missing = [ex["id"] for ex in examples if str(ex["id"]) not in outs]
-            if not missing:
-                return {str(ex["id"]): outs[str(ex["id"])] for ex in examples}
-            if teacher is None:
-                raise UserError(f"FIAT: {teacher_dir}/{task}/{split}.jsonl lacks reasoning for {len(missing)} "
-                                f"examples (first {missing[0]}) and no teacher is bound to write it")
+
+def reasoning_for(task: str, split: str, examples: Sequence[Mapping[str, Any]], *, teacher: Any,
+                  teacher_dir: str | None, out_dir: str, instruction: str,
+                  exemplars: Callable[[str], str] | str | None, max_new_tokens: int) -> dict[str, str]:
+    """``{id: reasoning}``: from ``teacher_dir`` (the output of ``fiat teach``) when it holds every example's,
+    else asked of the teacher and materialised in ``out_dir`` (:func:`teacher_outputs`)."""
+    if teacher_dir is not None and os.path.exists(os.path.join(teacher_dir, task, f"{split}.jsonl")):
+        outs = read_teacher_outputs(teacher_dir, task, split).outputs
+        missing = [ex["id"] for ex in examples if str(ex["id"]) not in outs]
+        if not missing:
+            return {str(ex["id"]): outs[str(ex["id"])] for ex in examples}
         if teacher is None:
-            raise UserError(f"FIAT: missing teacher for {task}/{split} (no materialised reasoning in {teacher_dir})")
-        ex_text = teacher_exemplars(task) if callable(teacher_exemplars) else (teacher_exemplars or "")
-        return teacher_outputs(teacher, examples, task=task, split=split,
-                               out_dir=os.path.join(model_dir, "teacher_outputs"),
-                               instruction=teacher_instruction, exemplars=ex_text,
-                               max_new_tokens=max_reasoning_tokens)
+            raise UserError(f"FIAT: {teacher_dir}/{task}/{split}.jsonl lacks reasoning for {len(missing)} "
+                            f"examples (first {missing[0]}) and no teacher is bound to write it")
+    if teacher is None:
+        raise UserError(f"FIAT: missing teacher for {task}/{split} (no materialised reasoning in {teacher_dir})")
+    ex_text = exemplars(task) if callable(exemplars) else (exemplars or "")
+    return teacher_outputs(teacher, examples, task=task, split=split, out_dir=out_dir, instruction=instruction,
+                           exemplars=ex_text, max_new_tokens=max_new_tokens)
 
-    train_rows: list[dict[str, Any]] = []
-    for task, examples in train_ex.items():
-        train_rows += student_rows(examples, reasoning(task, "train", examples), instruction=instructions[task],
-                                   ablations=ablations, template=template)
-    eval_rows: dict[str, list[dict[str, Any]]] = {}
-    for task, examples in eval_ex.items():
-        # Inference: the teacher's reasoning first (when the student reads it), then the student.
-        r = reasoning(task, eval_split, examples) if ablations.teacher_at_inference else None
-        eval_rows[task] = student_rows(examples, r, instruction=instructions.get(task, _per_task(
-            student_instruction, task)), ablations=dataclasses.replace(
-            ablations, reasoning_as_target=False, no_reasoning=not ablations.teacher_at_inference),
-            template=template)
+
+def inference_ablations(ablations: FiatAblations) -> FiatAblations:
+    """The ablations as the student's evaluation rows see them: answer rows only, reasoning iff read at inference."""
+    return dataclasses.replace(ablations, reasoning_as_target=False, no_reasoning=not ablations.teacher_at_inference)
+
+
+@gin.configurable
+def fiat_method(*, model_dir: str, mixture_or_task_name: str, student: StudentSpec | None = None,
+                num_train_examples: int | None = None, num_eval_examples: int | None = None,
+                eval_split: str = "validation", teacher: Any = None, teacher_dir: str | None = None,
+                teacher_instruction: str = "Answer the question. Reason step by step.",
+                teacher_exemplars: Callable[[str], str] | str | None = None,
+                student_instruction: str | Mapping[str, str] | None = None, ablations: FiatAblations | None = None,
+                template: FiatTemplate = DEFAULT_FIAT_TEMPLATE, base_initial_params: Callable | None = None,
+                max_reasoning_tokens: int = 128, write_results: bool = True) -> dict[str, dict[str, float]]:
+    """FIAT end to end: teacher reasoning for train and eval examples, student rows, PEFT training of ``student``
+    (default: the gin-bound ``StudentSpec()``), then inference (teacher reasoning, then the student's answer)
+    scored with each task's metrics.
+
+    Fails before any training when a required piece is missing: no teacher (unless ``no_reasoning`` or the
+    reasoning is materialised in ``teacher_dir``), no training examples, no student instruction and no teacher
+    to write one.
+    """
+    ablations = ablations or FiatAblations()
+    spec = fiat_student(student or StudentSpec(), ablations, base_initial_params=base_initial_params,
+                        has_teacher=teacher is not None or teacher_dir is not None)
+    train_ex, eval_ex = pipeline.train_and_eval_examples(mixture_or_task_name, num_train_examples=num_train_examples,
+                                                         eval_split=eval_split, num_eval_examples=num_eval_examples)
+    out_dir = os.path.join(model_dir, "teacher_outputs")
+    instructions = student_instructions(train_ex, student_instruction, teacher=teacher, ablations=ablations,
+                                        out_dir=out_dir)
+    reasoning = functools.partial(reasoning_for, teacher=teacher, teacher_dir=teacher_dir, out_dir=out_dir,
+                                  instruction=teacher_instruction, exemplars=teacher_exemplars,
+                                  max_new_tokens=max_reasoning_tokens)
+    train_rows = [row for task, examples in train_ex.items() for row in student_rows(
+        examples, reasoning(task, "train", examples) if ablations.needs_teacher else None,
+        instruction=instructions[task], ablations=ablations, template=template)]
+    # Inference: the teacher's reasoning first (when the student reads it), then the student.
+    eval_rows = {task: student_rows(
+        examples, reasoning(task, eval_split, examples) if ablations.teacher_at_inference else None,
+        instruction=instructions.get(task, _per_task(student_instruction, task)),
+        ablations=inference_ablations(ablations), template=template) for task, examples in eval_ex.items()}
     _log.info("FIAT: %d training rows, %s eval rows; student trains for %d steps", len(train_rows),
               {t: len(r) for t, r in eval_rows.items()}, spec.train_steps)
-    metrics, info = student_lib.train_and_evaluate(spec, model_dir=model_dir, name="fiat", train_rows=train_rows,
-                                                   eval_rows=eval_rows)
-    if write_results:
-        results_lib.write_results(model_dir, metrics=metrics, method="fiat",
-                                  ablations=dataclasses.asdict(ablations), teacher=teacher_identity(teacher),
-                                  **info)
-    return metrics
+    return pipeline.train_evaluate_and_record(spec, model_dir=model_dir, name="fiat", train_rows=train_rows,
+                                              eval_rows=eval_rows, method="fiat", write_results=write_results,
+                                              ablations=dataclasses.asdict(ablations),
+                                              teacher=teacher_identity(teacher))

@@ -26,10 +26,10 @@ from fiat_jax.errors import UserError
 from fiat_jax.methods import common, heldout, results as results_lib
 from fiat_jax.methods import student as student_lib
 from fiat_jax.data.examples import examples_task
+from fiat_jax.methods.student import StudentSpec
 from fiat_jax.methods.winrate import pairwise_win_rate
 from fiat_jax.teachers import materialise as materialise_lib
 from fiat_jax.train import optimizers
-from fiat_jax.train import trainer
 
 _log = logging.getLogger(__name__)
 
@@ -201,8 +201,6 @@ def train_stages(stages: Sequence[Stage], *, model_dir: str, steps_per_stage: Se
 
     if trainable is None:
         trainable = nnx.Param
-    # A hook left None is not passed: the trainer's gin binding applies (initial_params).
-    train_kwargs = {k: v for k, v in train_kwargs.items() if not (k == "initial_params" and v is None)}
     steps = [int(steps_per_stage)] * len(stages) if isinstance(steps_per_stage, int) else list(steps_per_stage)
     if len(steps) != len(stages):
         raise UserError(f"phased: {len(steps)} step counts for {len(stages)} stages")
@@ -270,72 +268,74 @@ def win_rate_metric(judge: Any, instructions: Sequence[str],
     return win_rate
 
 
-@gin.configurable(denylist=["train_fn"])
-def phased_method(*, model_dir: str, train_steps: int | None = None,
-                  task_feature_lengths: Mapping[str, int] | None = None,
+def judged_win_rate(judge: Any, model: Any, rows: Sequence[Mapping[str, Any]], ids: Sequence[str], *,
+                    spec: StudentSpec, predictions_dir: str) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """The win rate of the student's greedy responses against the reference ones, judged both ways: its metrics
+    and the per-item entry (+0.5 win, 0 tie, -0.5 loss: their mean is the win rate; None when not per item)."""
+    outcomes: list[int] = []
+    metrics = student_lib.evaluate_rows(
+        model, name="phased_eval", rows=rows, postprocess_fn=None,
+        metric_fns=[win_rate_metric(judge, [r["inputs"] for r in rows], outcomes)],
+        task_feature_lengths=spec.task_feature_lengths, batch_size=spec.eval_batch_size,
+        predictions_dir=predictions_dir)
+    items = heldout.item_entry(list(ids)[:len(rows)], [o / 2 for o in outcomes]) if len(outcomes) == len(rows) \
+        else None
+    return metrics, items
+
+
+def heldout_scores(model: Any, rows: Sequence[Mapping[str, Any]], ids: Sequence[str], *,
+                   spec: StudentSpec) -> tuple[Any, dict[str, float], dict[str, Any]]:
+    """Held-out responses scored by the trained student, item by item (no decoding: cheap and judge-free):
+    the scores, the task's metrics and their per-item entries."""
+    scored = heldout.score_responses(model, [dict(r, id=i) for r, i in zip(rows, ids)],
+                                     task_feature_lengths=spec.task_feature_lengths, batch_size=spec.eval_batch_size,
+                                     name="phased_heldout")
+    metrics = {heldout.METRIC: scored.per_token, "log_likelihood": scored.per_response}
+    items = {heldout.METRIC: heldout.item_entry(scored.ids, scored.item_values()),
+             "log_likelihood": heldout.item_entry(scored.ids, scored.sums)}
+    return scored, metrics, items
+
+
+@gin.configurable
+def phased_method(*, model_dir: str, student: StudentSpec | None = None,
                   mixture_or_task_name: str = "alpaca_scored", num_train_examples: int | None = None,
                   num_eval_examples: int | None = 32, eval_split: str = "validation",
                   thresholds: Sequence[float] = DEFAULT_THRESHOLDS, control: str = "none",
                   steps_per_stage: int | Sequence[int] | None = None, score_key: str = "score", seed: int = 0,
                   judge: Any = None, num_judge_examples: int | None = None, scorer: Any = None,
-                  initial_params: Callable | None = None, model_transform: Callable | None = None,
-                  trainable: Any = None, eval_batch_size: int = 16, write_results: bool = True,
-                  train_fn: Callable[..., Any] | None = None, student: Any = None) -> dict[str, dict[str, float]]:
-    """Phased instruction tuning end to end: stages from difficulty scores (checked before any training), stage
-    after stage from the previous stage's parameters, then held-out response log-likelihood per token and per
-    response, item by item (:mod:`fiat_jax.methods.heldout`), and, when a ``judge`` teacher is bound, the win
-    rate of greedy responses against the reference ones on the first ``num_judge_examples`` held-out items (all
-    when None; generation and judging are the costly part of the evaluation). A ``scorer`` teacher scores the
-    training examples' difficulty first (:func:`score_difficulty`, materialised in ``MODEL_DIR/teacher_outputs``),
-    for data without scores. ``student`` (a ``StudentSpec``) replaces the student's keyword arguments when given."""
-
-    spec = student or student_lib.StudentSpec.of(
-        train_steps=common.require(train_steps, "train_steps", "phased"), task_feature_lengths=task_feature_lengths,
-        train_fn=train_fn, initial_params=initial_params, model_transform=model_transform, trainable=trainable,
-        eval_batch_size=eval_batch_size)
-    hooks = spec.hooks()
-    for hook in ("model_transform", "trainable"):
-        if hook not in hooks and trainer.binds(hook):
-            raise UserError(f"phased: train.{hook} is bound in gin but phased_method.{hook} is not; stages chain "
-                            f"the trainable parameters, so bind it on phased_method (macro "
-                            f"{'MODEL_TRANSFORM' if hook == 'model_transform' else 'TRAINABLE'})")
+                  write_results: bool = True) -> dict[str, dict[str, float]]:
+    """Phased instruction tuning of ``student`` (default: the gin-bound ``StudentSpec()``) end to end: stages from
+    difficulty scores (checked before any training; a ``scorer`` teacher scores data without them,
+    :func:`score_difficulty`), stage after stage from the previous stage's parameters, then held-out response
+    log-likelihood per token and per response, item by item (:mod:`fiat_jax.methods.heldout`), and, with a
+    ``judge`` teacher, the win rate of greedy responses on the first ``num_judge_examples`` held-out items."""
+    spec = student or StudentSpec()
     spec.check("phased")
     train_ex = common.split_examples(mixture_or_task_name, "train", limit=num_train_examples)
     if scorer is not None:
         train_ex = {task: score_difficulty(scorer, rows, task=task, score_key=score_key,
                                            out_dir=os.path.join(model_dir, "teacher_outputs"))
                     for task, rows in train_ex.items()}
-    examples = [ex for rows in train_ex.values() for ex in rows]
-    stages = assign_stages(examples, thresholds=thresholds, score_key=score_key, control=control, seed=seed)
-    eval_ex = common.split_examples(mixture_or_task_name, eval_split, limit=num_eval_examples)
-    eval_rows = [{"inputs": ex["inputs"], "targets": ex["targets"]} for rows in eval_ex.values() for ex in rows]
-    eval_ids = [str(ex.get("id") or f"item{i}") for i, ex in enumerate(ex for rows in eval_ex.values() for ex in rows)]
+    stages = assign_stages([ex for rows in train_ex.values() for ex in rows], thresholds=thresholds,
+                           score_key=score_key, control=control, seed=seed)
+    eval_ex = [ex for rows in common.split_examples(mixture_or_task_name, eval_split,
+                                                    limit=num_eval_examples).values() for ex in rows]
+    eval_rows = [{"inputs": ex["inputs"], "targets": ex["targets"]} for ex in eval_ex]
+    eval_ids = [str(ex.get("id") or f"item{i}") for i, ex in enumerate(eval_ex)]
     if steps_per_stage is None:
         steps_per_stage = proportional_steps(int(spec.train_steps), [len(s.examples) for s in stages])
     _log.info("phased: %s", ", ".join(f"{s.label}: {len(s.examples)}" for s in stages))
-    model, records = train_stages(
-        stages, model_dir=model_dir, steps_per_stage=steps_per_stage, train_fn=spec.trainer(),
-        to_row=lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]},
-        model_transform=hooks.get("model_transform"), trainable=hooks.get("trainable"),
-        task_feature_lengths=spec.task_feature_lengths, initial_params=hooks.get("initial_params"), eval_fn=None,
-        register_tasks=None)
-    # Held-out responses scored by the trained student, item by item (no decoding: cheap and judge-free).
-    scored = heldout.score_responses(model, [dict(r, id=i) for r, i in zip(eval_rows, eval_ids)],
-                                     task_feature_lengths=spec.task_feature_lengths, batch_size=spec.eval_batch_size,
-                                     name="phased_heldout")
-    task_metrics = {heldout.METRIC: scored.per_token, "log_likelihood": scored.per_response}
-    items = {heldout.METRIC: heldout.item_entry(scored.ids, scored.item_values()),
-             "log_likelihood": heldout.item_entry(scored.ids, scored.sums)}
+    model, records = train_stages(stages, model_dir=model_dir, steps_per_stage=steps_per_stage,
+                                  train_fn=spec.trainer(), to_row=lambda ex: {"inputs": ex["inputs"],
+                                                                              "targets": ex["targets"]},
+                                  eval_fn=None, register_tasks=None, **spec.trainer_kwargs())
+    scored, task_metrics, items = heldout_scores(model, eval_rows, eval_ids, spec=spec)
     if judge is not None:
         judged = eval_rows[:num_judge_examples] if num_judge_examples is not None else eval_rows
-        outcomes: list[int] = []
-        task_metrics.update(student_lib.evaluate_rows(
-            model, name="phased_eval", rows=judged, postprocess_fn=None,
-            metric_fns=[win_rate_metric(judge, [r["inputs"] for r in judged], outcomes)],
-            task_feature_lengths=spec.task_feature_lengths, batch_size=spec.eval_batch_size,
-            predictions_dir=os.path.join(model_dir, "predictions")))
-        if len(outcomes) == len(judged):  # per item: +0.5 win, 0 tie, -0.5 loss (their mean is the win rate)
-            items["win_rate"] = heldout.item_entry(eval_ids[:len(judged)], [o / 2 for o in outcomes])
+        win_metrics, win_items = judged_win_rate(judge, model, judged, eval_ids, spec=spec,
+                                                 predictions_dir=os.path.join(model_dir, "predictions"))
+        task_metrics.update(win_metrics)
+        items.update({"win_rate": win_items} if win_items is not None else {})
     metrics = {mixture_or_task_name: task_metrics}
     if write_results:
         results_lib.write_results(model_dir, metrics=metrics, method="phased_ift", control=control,

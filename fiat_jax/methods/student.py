@@ -1,6 +1,6 @@
-"""The student side shared by the methods: a typed :class:`StudentSpec` (trainer, hooks, steps, lengths) that
-trains on in-memory rows (an unregistered seqio Task handed to the trainer), scoring rows by log-likelihood, and
-evaluating rows with a task's metrics (predictions written like ``fiat eval``)."""
+"""The student side shared by the methods: a typed :class:`StudentSpec` (model, weights, PEFT hooks, steps,
+lengths) that trains on in-memory rows (an unregistered seqio Task handed to the trainer), scoring rows by
+log-likelihood, and evaluating rows with a task's metrics (predictions written like ``fiat eval``)."""
 
 from __future__ import annotations
 
@@ -18,84 +18,76 @@ import seqio
 
 from fiat_jax.data.examples import examples_task
 from fiat_jax.errors import UserError
-from fiat_jax.methods.common import metric_spec
+from fiat_jax.methods.common import metric_spec, require
 from fiat_jax.train import evaluator, input_pipeline, losses
 from fiat_jax.train import trainer as trainer_lib
 
-# "Not given here: the trainer's own ``train.<hook>`` gin binding applies" (e.g. a models/*.gin file's
-# ``train.initial_params = @pretrained_params``), as opposed to an explicit None (no hook at all).
-TRAINER_BINDING = "train.* binding"
-
-
 def no_transform(model: Any) -> Any:
-    """An explicit "no PEFT" transform (full fine-tuning), overriding any ``train.model_transform`` in gin."""
+    """An explicit "no PEFT" transform (full fine-tuning): the model as built, every parameter in place."""
     return model
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class StudentSpec:
-    """The student a method trains and evaluates, in one value instead of a dozen keyword arguments.
+    """The student a method trains and evaluates, in one value instead of a dozen keyword arguments, and all of
+    it explicit: what the spec holds is what the trainer gets (gin binds ``StudentSpec.*``: models/*.gin the model
+    and its weights, peft/*.gin or a method's MODEL_TRANSFORM / TRAINABLE macros the PEFT pair, a method file the
+    steps and lengths), so no method asks gin what is bound.
 
-    ``train_fn``: the trainer (default ``trainer.train``, whose gin bindings give the model factory, batch size,
-    optimizer); ``initial_params`` / ``model_transform`` / ``trainable``: its hooks (weights to start from, PEFT
-    transform, what trains), each a value or :data:`TRAINER_BINDING`; ``pack``: several rows per sequence (None:
-    packed, unless the trainer's config binds ``train.pack``); ``eval_batch_size``: for evaluation and scoring.
+    ``model_factory`` / ``initial_params``: the student model and the weights it starts from (None: its random
+    init); ``model_transform``: the PEFT transform (None: none); ``trainable``: the NNX filter of what trains
+    (None: every parameter); ``pack``: several rows per sequence; ``train_fn``: the trainer (default
+    ``trainer.train``, whose gin bindings still give batch size, optimizer, mesh); ``eval_batch_size``: for
+    evaluation and scoring.
     """
 
-    train_steps: int
-    task_feature_lengths: Mapping[str, int] | None  # None: the trainer's own binding
-    train_fn: Callable[..., Any] | None = None
-    initial_params: Any = TRAINER_BINDING
-    model_transform: Any = TRAINER_BINDING
-    trainable: Any = TRAINER_BINDING
-    pack: bool | None = None
+    train_steps: int | None = None
+    task_feature_lengths: Mapping[str, int] | None = None
+    model_factory: Callable[..., Any] | None = None
+    initial_params: Callable[[Any], Any] | None = None
+    model_transform: Callable[[Any], Any] | None = None
+    trainable: Any = None
+    pack: bool = True
     eval_batch_size: int = 16
-
-    @classmethod
-    def of(cls, *, initial_params: Any = None, model_transform: Any = None, trainable: Any = None,
-           **fields: Any) -> "StudentSpec":
-        """From a method's keyword arguments, where None hooks leave the trainer's binding in place."""
-        return cls(**fields).with_hooks(initial_params=initial_params, model_transform=model_transform,
-                                        trainable=trainable)
-
-    def with_hooks(self, **hooks: Any) -> "StudentSpec":
-        """These hooks replaced (None: the trainer's binding)."""
-        return dataclasses.replace(self, **{k: TRAINER_BINDING if v is None else v for k, v in hooks.items()})
+    train_fn: Callable[..., Any] | None = None
 
     def trainer(self) -> Callable[..., Any]:
         return self.train_fn if self.train_fn is not None else trainer_lib.train
 
-    def hooks(self) -> dict[str, Any]:
-        """The hooks this spec sets (those left to the trainer's binding are not passed)."""
-        return {k: v for k, v in (("initial_params", self.initial_params), ("model_transform", self.model_transform),
-                                  ("trainable", self.trainable)) if v is not TRAINER_BINDING}
-
-    def has(self, hook: str) -> bool:
-        """Is ``hook`` set, here or by the trainer's own binding?"""
-        value = getattr(self, hook)
-        return value is not None if value is not TRAINER_BINDING else trainer_lib.binds(hook)
+    def has_model(self) -> bool:
+        """Is the student model given (here, or already in a ``train_fn`` partial's keywords)?"""
+        fn = self.train_fn
+        return self.model_factory is not None or (isinstance(fn, functools.partial) and "model_factory" in fn.keywords)
 
     def check(self, method: str) -> None:
-        """The student model must be configured (``train.model_factory``) before anything is computed."""
-        fn = self.train_fn
-        if isinstance(fn, functools.partial) and "model_factory" in fn.keywords:
-            return
-        if not trainer_lib.binds("model_factory"):
-            raise UserError(f"{method}: missing the student model (bind train.model_factory, e.g. include a "
+        """Steps and a student model must be given before anything is computed (one clear line each)."""
+        require(self.train_steps, "train_steps", method)
+        if not self.has_model():
+            raise UserError(f"{method}: missing the student model (bind StudentSpec.model_factory, e.g. include a "
                             f"models/*.gin file)")
 
-    def train(self, *, model_dir: str, name: str, train_rows: Sequence[Mapping[str, Any]],
-              train_steps: int | None = None, **overrides: Any) -> Any:
-        """Train on in-memory rows (a seqio Task object, not registered) in ``model_dir``: a ``TrainResult``."""
-        kwargs: dict[str, Any] = {**self.hooks(), "eval_fn": None, "register_tasks": None, **overrides}
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """What the trainer gets from this spec, every hook explicit (a ``train_fn`` partial's model factory stays
+        when the spec names none)."""
+        # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
+        from flax import nnx
+
+        kwargs: dict[str, Any] = {"initial_params": self.initial_params, "model_transform": self.model_transform,
+                                  "trainable": nnx.Param if self.trainable is None else self.trainable}
+        if self.model_factory is not None:
+            kwargs["model_factory"] = self.model_factory
         if self.task_feature_lengths is not None:
-            kwargs.setdefault("task_feature_lengths", dict(self.task_feature_lengths))
-        if self.pack is not None or not trainer_lib.binds("pack"):
-            kwargs["pack"] = True if self.pack is None else bool(self.pack)
+            kwargs["task_feature_lengths"] = dict(self.task_feature_lengths)
+        return kwargs
+
+    def train(self, *, model_dir: str, name: str, train_rows: Sequence[Mapping[str, Any]],
+              **overrides: Any) -> Any:
+        """Train on in-memory rows (a seqio Task object, not registered) in ``model_dir``: a ``TrainResult``."""
+        kwargs = {**self.trainer_kwargs(), "pack": bool(self.pack), "eval_fn": None, "register_tasks": None,
+                  **overrides}
         task = examples_task(name, {"train": [dict(r) for r in train_rows]})
-        return self.trainer()(model_dir=model_dir, train_steps=int(self.train_steps if train_steps is None
-                                                                   else train_steps),
+        return self.trainer()(model_dir=model_dir, train_steps=int(require(self.train_steps, "train_steps", name)),
                               mixture_or_task_name=name, task=task, **kwargs)
 
 
@@ -151,20 +143,6 @@ def score_rows_and_tokens(model: Any, rows: Sequence[Mapping[str, Any]], *, task
         sums.extend(float(x) for x in np.asarray(scores)[:len(chunk)])
         tokens.extend(int(x) for x in np.count_nonzero(batch["decoder_loss_weights"][:len(chunk)], axis=-1))
     return sums, tokens
-
-
-def train_on_rows(*, model_dir: str, name: str, train_rows: Sequence[Mapping[str, Any]], train_steps: int,
-                  train_fn: Callable[..., Any] | None = None, pack: bool | None = None,
-                  task_feature_lengths: Mapping[str, int] | None = None, initial_params: Any = None,
-                  model_transform: Any = None, trainable: Any = None, **train_kwargs: Any) -> Any:
-    """Train on the rows with the trainer (``train_fn``, default ``train``): :meth:`StudentSpec.train` for
-    callers without a spec. ``pack``: several rows per sequence (segment-aware attention and positions); FIAT rows
-    are long inputs of very different lengths, so unpacked batches are mostly padding; None packs unless the
-    trainer's config binds ``train.pack``."""
-    spec = StudentSpec.of(train_steps=int(train_steps), task_feature_lengths=task_feature_lengths,
-                          train_fn=train_fn, pack=pack, initial_params=initial_params,
-                          model_transform=model_transform, trainable=trainable)
-    return spec.train(model_dir=model_dir, name=name, train_rows=train_rows, **train_kwargs)
 
 
 @contextlib.contextmanager

@@ -154,11 +154,3 @@ def _require_lora(model: nnx.Module) -> None:
         raise UserError("train.export_peft_dir is set but the model has no LoRA adapters "
                         "(bind train.model_transform = @lora_transform())")
 
-
-def binds(name: str) -> bool:
-    """Does the active gin config bind ``train.<name>`` to something other than None? The trainer answers for its
-    own configuration, so a caller (a method's student) never reads gin itself."""
-    try:
-        return gin.query_parameter(f"train.{name}") is not None
-    except ValueError:
-        return False
