@@ -105,8 +105,9 @@ def lazy_call(*, target: str, kwargs: Mapping[str, Any] | None = None) -> Any:
 
 @gin.configurable
 def pretrained_architecture(*, rngs: Any, checkpoint: str = "embedded:smollm2-135m-instruct") -> Any:
-    """``train.model_factory``: a freshly initialised model with ``checkpoint``'s architecture; pair it with
-    ``train.initial_params = @pretrained_params`` (same checkpoint) to load the weights."""
+    """A model factory (``StudentSpec.model_factory`` / ``train.model_factory``): a freshly initialised model with
+    ``checkpoint``'s architecture; pair it with ``initial_params = @pretrained_params`` (same checkpoint) to load
+    the weights."""
 
     config = embedded.load_pretrained(checkpoint).config
     return embedded._model_class(config)(config, rngs=rngs)  # noqa: SLF001 (the config -> class map lives there)
