@@ -64,3 +64,12 @@ def test_fiat_gin_without_teacher_fails_before_training(tmp_path, shared_data_di
     with pytest.raises(UserError, match="FIAT: missing teacher"):
         run.run()
     assert not (tmp_path / "student").exists()
+
+
+def test_no_method_asks_gin_what_is_bound(repo_root):
+    """The student's pieces are explicit StudentSpec fields: no method module queries the gin config."""
+    methods = sorted((repo_root / "fiat_jax" / "methods").glob("*.py"))
+    assert methods
+    for path in methods:
+        text = path.read_text()
+        assert not any(q in text for q in ("query_parameter", "get_bindings", ".binds(")), path.name

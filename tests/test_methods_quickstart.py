@@ -55,3 +55,18 @@ def test_quickstart_runs_under_ten_minutes(tmp_path, shared_data_dir, capsys):
     assert set(out) == {"ICL (teacher, 2-shot)", "Fine-tuning (LoRA)", "FIAT (LoRA)"}
     assert "| method | xcopa_id | xcopa_sw | mean |" in capsys.readouterr().out
     assert wall < 600, wall
+
+
+def test_quickstart_students_are_scoped_per_method():
+    """Each method builds its StudentSpec inside its own gin scope: FIAT's longer rows, the shared LoRA student."""
+    _parse()
+    from fiat_jax.methods.student import StudentSpec
+
+    with gin.config_scope("ft"):
+        ft = StudentSpec()
+    with gin.config_scope("fiat"):
+        fiat = StudentSpec()
+    assert ft.task_feature_lengths == {"inputs": 96, "targets": 4}
+    assert fiat.task_feature_lengths == {"inputs": 192, "targets": 4}
+    assert ft.train_steps == fiat.train_steps == 20 and ft.eval_batch_size == fiat.eval_batch_size == 32
+    assert ft.model_factory is not None and ft.initial_params is not None and ft.model_transform is not None
