@@ -22,6 +22,7 @@ from fiat_jax.methods.common import metric_spec, require
 from fiat_jax.train import evaluator, input_pipeline, losses
 from fiat_jax.train import trainer as trainer_lib
 
+
 def no_transform(model: Any) -> Any:
     """An explicit "no PEFT" transform (full fine-tuning): the model as built, every parameter in place."""
     return model
