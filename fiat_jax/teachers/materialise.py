@@ -369,7 +369,8 @@ def _task_scope(teacher: Any, rec: recipes.Recipe, examples: Sequence[Mapping[st
     shots = list(examples[:k])
     if values.get("language") in ("examples", "auto"):
         values["language"] = "the same language as the examples"
-    values["examples"] = rec.examples_block(shots)
+    if "examples" in rec.fields:
+        values["examples"] = rec.examples_block(shots)
     prompt = rec.render(values)
     path = None if task_dir is None else task_dir / f"{meta['split']}.{rec.name}.json"
     if path is not None and path.exists():
