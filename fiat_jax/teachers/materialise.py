@@ -361,14 +361,18 @@ def materialise(teacher: Any, recipe: str | recipes.Recipe, examples: Sequence[M
 def _task_scope(teacher: Any, rec: recipes.Recipe, examples: Sequence[Mapping[str, Any]], fixed: Mapping[str, str],
                 decoding: Mapping[str, Any], meta: Mapping[str, Any], task_dir: pathlib.Path | None, start: float,
                 on_first_reply: Callable[[], None] | None, what: str) -> Materialised:
-    """One reply per task (instruction writing): the task family and language from the task name, and the first
-    ``k`` examples in ``{examples}`` (the recipe's ``example_block`` each)."""
+    """One reply per task (instruction writing): the task family and language from the task name (language
+    ``examples``/``auto``: the recipe's ``language_of_examples``), and the first ``k`` examples in ``{examples}``
+    (the recipe's ``example_block`` each)."""
     task = meta["task"]
     values = {"task": task.rsplit("_", 1)[0], "language": task.rsplit("_", 1)[-1], **rec.defaults, **fixed}
     k = int(values.get("k", 4))
     shots = list(examples[:k])
     if values.get("language") in ("examples", "auto"):
-        values["language"] = "the same language as the examples"
+        if "language_of_examples" not in values:
+            raise UserError(f"recipe {rec.name}: language {values['language']!r} needs a 'language_of_examples' "
+                            f"default (the words the prompt names the examples' language with)")
+        values["language"] = values["language_of_examples"]
     if "examples" in rec.fields:
         values["examples"] = rec.examples_block(shots)
     prompt = rec.render(values)
