@@ -61,6 +61,35 @@ def test_icl_predicts_and_scores(tmp_path):
     assert res["teacher_cost"]["calls"] == 6 and res["provenance"]["teacher"]
 
 
+def test_icl_replies_are_materialised_and_a_rerun_asks_nothing_again(tmp_path):
+    """ICL's teacher calls go through teachers.materialise: replies kept under MODEL_DIR/icl_replies with the
+    recipe hash, a rerun reads them back; a teacher that reads examples (simulated) still gets the prompts only."""
+    MH.register_toy()
+    teacher = MH.FakeTeacher()
+    try:
+        first = icl.icl_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", teacher=teacher, k=2)
+        asked = len(teacher.calls)
+        again = icl.icl_method(model_dir=str(tmp_path), mixture_or_task_name="toyadd_en", teacher=teacher, k=2)
+        assert again == first and len(teacher.calls) == asked == 6
+        rows = [json.loads(x) for x in (tmp_path / "icl_replies" / "toyadd_en" / "validation.jsonl")
+                .read_text().splitlines()]
+        assert len(rows) == 6 and {r["recipe"] for r in rows} == {"icl"} and all(r["recipe_hash"] for r in rows)
+        preds = [json.loads(x) for x in (tmp_path / "predictions" / "toyadd_en-icl.jsonl").read_text().splitlines()]
+        assert [p["input"] for p in preds] == teacher.calls
+
+        class ReadsExamples(MH.FakeTeacher):
+            identity = "reads-examples/v1"
+
+            def generate_for_examples(self, examples, prompts, **kw):
+                raise AssertionError("ICL must not hand the examples (their gold answers) to the teacher")
+
+        other = ReadsExamples()
+        icl.icl_method(model_dir=str(tmp_path / "other"), mixture_or_task_name="toyadd_en", teacher=other, k=2)
+        assert len(other.calls) == 6
+    finally:
+        MH.cleanup_registry()
+
+
 @pytest.mark.usefixtures("compilation_cache")
 def test_finetune_full_and_peft_hooks(tmp_path):
     from flax import nnx

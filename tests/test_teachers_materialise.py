@@ -183,25 +183,45 @@ def test_exactly_one_module_writes_teacher_outputs():
 
 
 _FIELD = re.compile(r"\{[A-Za-z_]\w*\}")
-_MARKER = re.compile(r"\b(Answer|Question|Reply|Write|Rate|Instruction|Response|Document|Sentence|step by step)\b")
+_MARKER = re.compile(r"\b(Answer|Question|Reply|Write|Rate|Instruction|Response|Document|Sentence|step by step)\b"
+                     r"|\b(Input|Output):")
+
+
+def _template_text(node: ast.AST) -> str | None:
+    """A string literal's text as a template: an f-string's replacement fields read as ``{field}``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) else "{field}" for v in node.values)
+    return None
 
 
 def prompt_literals(source: str) -> list[str]:
-    """String literals (docstrings aside) that read like a prompt template: a ``{field}`` and a prompt word."""
+    """String literals and f-strings (docstrings aside) that read like a prompt template: a ``{field}`` (an
+    f-string's replacement field counts) and a prompt word or an ``Input:``/``Output:`` label."""
     tree = ast.parse(source)
     docs = {id(n.body[0].value) for n in ast.walk(tree)
             if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
             and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and id(n) not in docs and _FIELD.search(n.value) and _MARKER.search(n.value)]
+    texts = [(n, _template_text(n)) for n in ast.walk(tree) if id(n) not in docs]
+    return [t for _, t in texts if t is not None and _FIELD.search(t) and _MARKER.search(t)]
+
+
+# Not prompts: the replies the simulated (controlled) teacher writes, in the form a real teacher's reasoning has.
+_SIMULATED_REPLIES = {("fiat_jax/teachers/controlled.py", "Let's think step by step. {field}. {field}{field}.")}
 
 
 def test_no_prompt_text_outside_recipe_files():
-    found = {str(p.relative_to(REPO)): prompt_literals(p.read_text(encoding="utf-8"))
-             for d in ("fiat_jax", "tasks") for p in (REPO / d).rglob("*.py")}
+    found = {path: [t for t in prompt_literals(p.read_text(encoding="utf-8")) if (path, t) not in _SIMULATED_REPLIES]
+             for d in ("fiat_jax", "tasks") for p in (REPO / d).rglob("*.py")
+             for path in [str(p.relative_to(REPO))]}
     assert {k: v for k, v in found.items() if v} == {}
     # The check catches the constants the recipes replaced.
     assert prompt_literals('TEACHER_PROMPT = ("{instruction}\\n\\n{exemplars}Question: {input}\\nLet\'s think '
                            'step by step.")')
     assert prompt_literals('JUDGE_PROMPT = ("Decide. Reply with A or B.\\n\\nInstruction:\\n{instruction}")')
     assert not prompt_literals('def f():\n    """Fill {input} in the Question."""\n')
+    # f-strings too: ICL's framing and instruction writing's example blocks were built in code.
+    assert prompt_literals('def framed(text):\n    return f"Input: {text}"\n')
+    assert prompt_literals('B = "".join(f"Input: {ex.get(\'inputs\', \'\')}\\nOutput: {ex[\'targets\']}" for ex in xs)')
+    assert not prompt_literals('raise UserError(f"recipe {path}: no value for {name}")')

@@ -96,3 +96,27 @@ def test_methods_prompts_are_the_recipes_templates():
     judge = recipes.load("judge_pairwise")
     assert t.prompts == [judge.render({"instruction": "Say hi.", "a": "hi", "b": "hello"}),
                          judge.render({"instruction": "Say hi.", "a": "hello", "b": "hi"})]
+
+
+def test_example_block_and_answer_header_come_from_the_recipe_file(tmp_path):
+    """Few-shot blocks and the answer header are recipe text: a recipe file changes them, code only fills them."""
+    icl = recipes.load("icl")
+    shots = [{"inputs": "1 + 2 ", "targets": "3"}, {"inputs": "Premise: y\nAnswer:", "targets": "2"}]
+    assert icl.examples_block(shots) == "Input: 1 + 2\nAnswer: 3\n\nInput: Premise: y\nAnswer: 2\n\n"
+    assert icl.render({"input": "Premise: x\nAnswer:", "examples": ""}) == \
+        "Answer the question.\n\nInput: Premise: x\nAnswer:"
+    assert recipes.parse_first_line("\n 7 \nInput: more") == "7" and recipes.parse_first_line("") == ""
+    own = tmp_path / "own.txt"
+    own.write_text('name: own\nversion: 1\nparser: first_line\nanswer_header: " =>"\n'
+                   'example_block: "Q {input}{answer_header} {targets}; "\n---\n{examples}Q {input}{answer_header}')
+    rec = recipes.load(str(own))
+    assert rec.render({"input": "2 + 2", "examples": rec.examples_block(shots)}) == \
+        "Q 1 + 2 => 3; Q Premise: y\nAnswer: 2; Q 2 + 2 =>"
+    with pytest.raises(UserError, match="recipe student_instruction: no example_block"):
+        recipes.load("student_instruction").examples_block(shots)
+    own.write_text("name: own\nversion: 1\nexample_block: 3\n---\n{examples}")
+    with pytest.raises(UserError, match="example_block must be a JSON string"):
+        recipes.load(str(own))
+    own.write_text('name: own\nversion: 1\nexample_block: "In {input"\n---\n{examples}')
+    with pytest.raises(UserError, match="bad example_block"):
+        recipes.load(str(own))

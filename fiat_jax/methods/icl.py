@@ -1,13 +1,13 @@
 """In-context learning: the teacher, given an instruction and k exemplars from the training split, answers each
 evaluation example directly (greedy generation for prediction metrics, log-likelihood of the target for score
-metrics). No parameters are trained."""
+metrics). No parameters are trained. The prompt is the ``icl`` recipe's; the replies are materialised like every
+teacher output (``teachers.materialise``)."""
 
 from __future__ import annotations
 
 import inspect
-import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gin
@@ -16,20 +16,10 @@ import numpy as np
 from fiat_jax.errors import UserError
 from fiat_jax.methods import results as results_lib
 from fiat_jax.methods import common
-from fiat_jax.teachers import base
+from fiat_jax.teachers import materialise as materialise_lib
+from fiat_jax.teachers import recipes
 
-_log = logging.getLogger(__name__)
-
-ICL_TEMPLATE = "{instruction}\n\n{exemplars}{input}"
-EXEMPLAR_TEMPLATE = "{input} {target}\n\n"
-ANSWER_HEADER = "\nAnswer:"
-
-
-def framed_input(text: Any) -> str:
-    """``Input: <text>`` ending in an answer header: the task's own (XCOPA's "Answer:", MGSM's "Step-by-Step
-    Answer:") when its formatted input already ends in one, else ``ANSWER_HEADER``."""
-    text = str(text).rstrip()
-    return f"Input: {text}" if text.endswith(":") else f"Input: {text}{ANSWER_HEADER}"
+ICL_RECIPE = "icl"  # teachers/recipes/icl.txt: the instruction, the exemplar blocks, the input's answer header
 
 
 def pick_exemplars(examples: Sequence[Mapping[str, Any]], k: int, *, seed: int = 0) -> list[Mapping[str, Any]]:
@@ -42,48 +32,61 @@ def pick_exemplars(examples: Sequence[Mapping[str, Any]], k: int, *, seed: int =
     return [examples[i] for i in idx]
 
 
-def icl_prompt(example: Mapping[str, Any], exemplars: Sequence[Mapping[str, Any]], *, instruction: str,
-               template: str = ICL_TEMPLATE, exemplar_template: str = EXEMPLAR_TEMPLATE) -> str:
-    shots = "".join(exemplar_template.format(input=framed_input(e["inputs"]), target=e["targets"]) for e in exemplars)
-    return template.format(instruction=instruction, exemplars=shots, input=framed_input(example["inputs"]))
+def icl_variables(recipe: recipes.Recipe, exemplars: Sequence[Mapping[str, Any]], *,
+                  instruction: str | None) -> dict[str, str]:
+    """The prompt's fixed variables: the exemplar blocks, and the instruction (None: the recipe's default)."""
+    fixed = {"examples": recipe.examples_block(exemplars)}
+    if instruction is not None:
+        fixed["instruction"] = str(instruction)
+    return fixed
 
 
-def first_line(text: str) -> str:
-    """A teacher's answer: its first non-empty line (the model may go on with another "Input:")."""
-    return next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "")
+def icl_prompt(example: Mapping[str, Any], exemplars: Sequence[Mapping[str, Any]], *, instruction: str | None = None,
+               recipe: str = ICL_RECIPE, task: str = "") -> str:
+    """The teacher's prompt for ``example`` (as :func:`icl_method` asks it)."""
+    rec = recipes.load(recipe)
+    return materialise_lib.prompt_for(rec, example, task=task, fixed=icl_variables(rec, exemplars,
+                                                                                 instruction=instruction))
 
 
-def _logged(task: str, replies: Iterator[tuple[int, Any]], total: int, every: int) -> Iterator[tuple[int, Any]]:
-    """Pass a teacher's stream through, logging progress every ``every`` replies."""
-    for n, reply in enumerate(replies, 1):
-        if n % every == 0 or n == total:
-            _log.info("ICL %s: %d/%d", task, n, total)
-        yield reply
+def with_ids(examples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The examples keyed for materialising: their own ids, or their positions where ids are missing or repeat."""
+    ids = [str(ex.get("id", i)) for i, ex in enumerate(examples)]
+    if len(set(ids)) < len(ids):
+        ids = [str(i) for i in range(len(examples))]
+    return [{**ex, "id": i} for i, ex in zip(ids, examples)]
 
 
 @gin.configurable
 def icl_method(*, model_dir: str, mixture_or_task_name: str, teacher: Any = None, k: int = 4,
-               instruction: str = "Answer the question.", num_eval_examples: int | None = None,
-               eval_split: str = "validation", seed: int = 0, max_new_tokens: int = 32,
-               batch_size: int = 8, write_results: bool = True) -> dict[str, dict[str, float]]:
-    """ICL with ``teacher`` on every task of the mixture; writes predictions and ``results.json``."""
+               instruction: str | None = None, num_eval_examples: int | None = None,
+               eval_split: str = "validation", seed: int = 0, max_new_tokens: int | None = None,
+               batch_size: int = 8, write_results: bool = True, recipe: str = ICL_RECIPE
+               ) -> dict[str, dict[str, float]]:
+    """ICL with ``teacher`` on every task of the mixture; writes predictions and ``results.json``.
 
+    The prompts are the ``recipe``'s (``instruction``/``max_new_tokens`` None: the recipe's). The replies are
+    materialised under ``MODEL_DIR/icl_replies`` (a rerun asks nothing again); the teacher gets the prompts alone,
+    never the examples (a simulated teacher cannot answer from the gold)."""
     if teacher is None:
         raise UserError("ICL: missing teacher (bind icl_method.teacher)")
+    rec = recipes.load(recipe)
     # Exemplars, not a training set: nothing is trained, so no training-set size is recorded.
     train_ex = common.split_examples(mixture_or_task_name, "train", exact=False) if k else {}
     eval_ex = common.split_examples(mixture_or_task_name, eval_split, limit=num_eval_examples)
     metrics: dict[str, dict[str, float]] = {}
     for task, examples in eval_ex.items():
-        shots = pick_exemplars(train_ex[task], k, seed=seed) if k else []
-        prompts = [icl_prompt(ex, shots, instruction=instruction) for ex in examples]
+        fixed = icl_variables(rec, pick_exemplars(train_ex[task], k, seed=seed) if k else [],
+                              instruction=instruction)
+        keyed = with_ids(examples)
+        answers = materialise_lib.materialise(
+            teacher, rec, keyed, out_dir=os.path.join(model_dir, "icl_replies"), task=task, split=eval_split,
+            variables=fixed, max_new_tokens=max_new_tokens, replace_other=True, chunk_size=batch_size,
+            teacher_sees_examples=False, what="ICL").require_all(f"ICL {task}")
+        predictions = [answers[ex["id"]] for ex in keyed]
+        prompts = [materialise_lib.prompt_for(rec, ex, task=task, fixed=fixed) for ex in keyed]
         fns, _ = common.metric_spec(task)
         wants_scores = any("scores" in inspect.signature(f).parameters for f in fns)
-        # One stream over the whole split: the teacher plans its own batches (one shape for a small split).
-        predictions = [first_line(o) for o in base.collect(
-            _logged(task, base.stream(teacher, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
-                                      stop=("\n\n", "\nInput:"), chunk_size=batch_size), len(prompts), batch_size),
-            len(prompts), what=str(getattr(teacher, "identity", type(teacher).__name__)))]
         scores = [teacher.score(p, [" " + str(ex["targets"])])[0] for p, ex in zip(prompts, examples)] \
             if wants_scores else None
         metrics[task] = common.compute_metrics(task, examples, predictions=predictions, scores=scores)
@@ -93,6 +96,5 @@ def icl_method(*, model_dir: str, mixture_or_task_name: str, teacher: Any = None
             for i, (ex, p, pred) in enumerate(zip(examples, prompts, predictions))])
     if write_results:
         results_lib.write_results(model_dir, metrics=metrics, method="icl", k=k,
-                                  teacher=str(getattr(teacher, "identity", type(teacher).__name__)),
-                                  tokens_seen=0, params_trained=0)
+                                  teacher=materialise_lib.identity_of(teacher), tokens_seen=0, params_trained=0)
     return metrics

@@ -44,17 +44,20 @@ from fiat_jax.models.layers import Array, constrain
 
 
 @gin.configurable
-@dataclasses.dataclass(frozen=True)
-class DecoderConfig(layers.RematChecked):
-    """Shapes of a Llama-family decoder. ``dtype`` is the compute dtype ("bfloat16" option); ``param_dtype`` the
-    storage dtype of parameters."""
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class DecoderConfig(layers.TransformerConfig):
+    """Shapes of a Llama-family decoder (defaults: SmolLM2-135M); the fields every model has and their meaning in
+    :class:`~fiat_jax.models.layers.TransformerConfig`."""
+
+    FIELD_ORDER = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                   "rope_theta", "rope_scaling", "norm_eps", "tie_embeddings", "max_length", "mlp_activations",
+                   "dropout_rate", "embedding_init_std", "dtype", "param_dtype", "remat")
 
     vocab_size: int = 49152
     d_model: int = 576
     num_layers: int = 30
     num_heads: int = 9
     num_kv_heads: int = 3
-    head_dim: int = 64
     mlp_dim: int = 1536
     rope_theta: float = 100000.0
     # Llama 3.1/3.2 RoPE rescaling (HF rope_scaling rope_type "llama3"): (factor, low_freq_factor,
@@ -64,12 +67,7 @@ class DecoderConfig(layers.RematChecked):
     tie_embeddings: bool = True
     max_length: int = 8192
     mlp_activations: tuple[str, ...] = ("silu", "linear")
-    dropout_rate: float = 0.0
     embedding_init_std: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    # Activation rematerialisation of each layer in training: "none", "full" or "save_dots" (layers.REMAT_POLICIES).
-    remat: str = "none"
 
 
 class DecoderLayer(nnx.Module):

@@ -11,9 +11,10 @@ The KV cache is functional: a dict of arrays passed in and returned, so a jitted
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -354,29 +355,52 @@ def as_dtype(name: Any) -> Any:
     return jnp.dtype(name) if isinstance(name, str) else name
 
 
-def dtype_kwargs(cfg: Any, rngs: nnx.Rngs) -> dict[str, Any]:
+def dtype_kwargs(cfg: TransformerConfig, rngs: nnx.Rngs) -> dict[str, Any]:
     """``dtype`` / ``param_dtype`` / ``rngs`` keyword arguments of every module a model config builds."""
     return dict(dtype=as_dtype(cfg.dtype), param_dtype=as_dtype(cfg.param_dtype), rngs=rngs)
 
 
-class RematChecked:
-    """``__post_init__`` of the model configs: a wrong ``remat`` fails when the config is made.
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class TransformerConfig:
+    """What every model config here has: the fields the shared layers read (each config gives its own defaults),
+    the compute/storage dtypes and remat (``dtype`` is the compute dtype, "bfloat16" option; ``param_dtype`` the
+    storage dtype of parameters), and the check that a wrong ``remat`` fails when the config is made.
 
-    A plain base (not a dataclass), so each config keeps its own fields in its own order (a config's repr is part
-    of a checkpoint's fingerprint)."""
+    A config's repr is part of every checkpoint's fingerprint, so it lists the fields in the config's own
+    ``FIELD_ORDER`` (the order each config has always had; a field it does not name follows, in definition order)
+    rather than in the order the class hierarchy gives them."""
 
-    remat: str
+    FIELD_ORDER: ClassVar[tuple[str, ...]] = ()
+
+    vocab_size: int
+    d_model: int
+    num_heads: int
+    head_dim: int = 64
+    mlp_dim: int
+    mlp_activations: tuple[str, ...]
+    norm_eps: float
+    tie_embeddings: bool
+    dropout_rate: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    # Activation rematerialisation of each layer in training: "none", "full" or "save_dots" (REMAT_POLICIES).
+    remat: str = "none"
 
     def __post_init__(self) -> None:
         check_remat(self.remat)
 
+    def __repr__(self) -> str:
+        names = [f.name for f in dataclasses.fields(self)]
+        ordered = [n for n in self.FIELD_ORDER if n in names] + [n for n in names if n not in self.FIELD_ORDER]
+        return f"{type(self).__qualname__}({', '.join(f'{n}={getattr(self, n)!r}' for n in ordered)})"
 
-def pre_norm(cfg: Any, **kw: Any) -> RMSNorm:
+
+def pre_norm(cfg: TransformerConfig, **kw: Any) -> RMSNorm:
     """The RMSNorm in front of each attention / MLP sublayer."""
     return RMSNorm(cfg.d_model, eps=cfg.norm_eps, **kw)
 
 
-def add_mlp_sublayer(layer: nnx.Module, cfg: Any, **kw: Any) -> None:
+def add_mlp_sublayer(layer: nnx.Module, cfg: TransformerConfig, **kw: Any) -> None:
     """The last sublayer every transformer layer here builds: ``pre_mlp_layer_norm``, ``mlp``, ``dropout`` (the
     names checkpoints use, built in this order: the order their parameters draw random numbers in)."""
     layer.pre_mlp_layer_norm = pre_norm(cfg, **kw)
@@ -398,7 +422,7 @@ def add_layers(module: nnx.Module, count: int, build: Callable[[], nnx.Module]) 
         setattr(module, f"layers_{i}", build())
 
 
-def add_output_head(module: nnx.Module, cfg: Any, **kw: Any) -> None:
+def add_output_head(module: nnx.Module, cfg: TransformerConfig, **kw: Any) -> None:
     """How both decoders end: ``decoder_norm``, ``logits_dense`` unless the embeddings are tied, ``dropout``
     (built in this order, the order their parameters draw random numbers in)."""
     module.decoder_norm = pre_norm(cfg, **kw)

@@ -42,18 +42,23 @@ from fiat_jax.models.layers import Array, constrain
 
 
 @gin.configurable
-@dataclasses.dataclass(frozen=True)
-class T5Config(layers.RematChecked):
-    """T5 v1.1 shapes (defaults: t5.1.1 small)."""
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class T5Config(layers.TransformerConfig):
+    """T5 v1.1 shapes (defaults: t5.1.1 small); the fields every model has and their meaning in
+    :class:`~fiat_jax.models.layers.TransformerConfig`."""
+
+    FIELD_ORDER = ("vocab_size", "d_model", "num_encoder_layers", "num_decoder_layers", "num_heads", "head_dim",
+                   "mlp_dim", "mlp_activations", "norm_eps", "relative_attention_num_buckets",
+                   "relative_attention_max_distance", "tie_embeddings", "scale_tied_logits", "dropout_rate", "dtype",
+                   "param_dtype", "remat")
 
     vocab_size: int = 32128
     d_model: int = 512
     num_encoder_layers: int = 8
     num_decoder_layers: int = 8
     num_heads: int = 6
-    head_dim: int = 64
-    mlp_dim: int = 1024
     mlp_activations: tuple[str, ...] = ("gelu", "linear")
+    mlp_dim: int = 1024
     norm_eps: float = 1e-6
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
@@ -61,11 +66,6 @@ class T5Config(layers.RematChecked):
     # Original T5 (and T5X) rescale tied-head logits by d_model**-0.5; None follows tie_embeddings. HF
     # transformers 5 always ties T5 and records the rescale separately (config.json "scale_decoder_outputs").
     scale_tied_logits: bool | None = None
-    dropout_rate: float = 0.0
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    # Activation rematerialisation of each layer in training: "none", "full" or "save_dots" (layers.REMAT_POLICIES).
-    remat: str = "none"
 
 
 def _attention(cfg: T5Config, rngs: nnx.Rngs) -> layers.Attention:

@@ -117,6 +117,12 @@ def example_variables(example: Mapping[str, Any], task: str) -> dict[str, Any]:
     return ex
 
 
+def prompt_for(recipe: recipes.Recipe, example: Mapping[str, Any], *, task: str, fixed: Mapping[str, Any]) -> str:
+    """The prompt the teacher is asked for ``example``: the recipe filled with its variables and the fixed ones
+    (what a caller that keeps its prompts, e.g. ICL's predictions file, shows)."""
+    return recipe.render({**example_variables(example, task), **fixed})
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The output file: read back (repaired), appended.
 
@@ -217,7 +223,8 @@ def materialise(teacher: Any, recipe: str | recipes.Recipe, examples: Sequence[M
                 temperature: float | None = None, stop: Sequence[str] | None = None, parse_retries: int = 2,
                 retry_temperatures: Sequence[float] = (0.7, 1.0), keep_unparsed: bool = False,
                 replace_other: bool = False, chunk_size: int = 8, progress: bool = True,
-                on_first_reply: Callable[[], None] | None = None, what: str = "teach") -> Materialised:
+                on_first_reply: Callable[[], None] | None = None, what: str = "teach",
+                teacher_sees_examples: bool = True) -> Materialised:
     """Ask ``teacher`` the ``recipe``'s prompt for every example not yet in ``out_dir/<task>/<split>.jsonl``
     (see the module docstring); examples need an ``id``.
 
@@ -225,7 +232,9 @@ def materialise(teacher: Any, recipe: str | recipes.Recipe, examples: Sequence[M
     override the recipe's. ``keep_unparsed``: a reply the recipe cannot parse is kept as its stripped text instead
     of re-asked (callers for whom an empty reply is an answer: augmentation's "no statements"). ``replace_other``:
     see :func:`read_existing`. ``on_first_reply`` runs once, before the first output is written (``fiat teach``
-    writes its config then). ``what`` names the caller in the summary line.
+    writes its config then). ``what`` names the caller in the summary line. ``teacher_sees_examples=False``: a
+    teacher that reads examples (replay by id, the controlled teacher's gold answer) gets the prompts alone, as
+    any other teacher (ICL: the answer must come from the prompt).
     """
     start = time.perf_counter()
     rec = recipe if isinstance(recipe, recipes.Recipe) else recipes.load(recipe)
@@ -249,15 +258,15 @@ def materialise(teacher: Any, recipe: str | recipes.Recipe, examples: Sequence[M
     contexts: list[Mapping[str, Any]] = []
     owner: list[int] = []
     for k, ex in enumerate(todo):
-        values = {**example_variables(ex, task), **fixed}
         if rec.expand == "sentences":
+            values = {**example_variables(ex, task), **fixed}
             document = str(values.get("document", ""))
             for n, sentence in enumerate(recipes.split_sentences(document) or [document]):
                 prompts.append(rec.render({**values, "sentence": sentence}))
                 contexts.append({**ex, "id": f"{ex['id']}/local/{n}", "document": document, "sentence": sentence})
                 owner.append(k)
         else:
-            prompts.append(rec.render(values))
+            prompts.append(prompt_for(rec, ex, task=task, fixed=fixed))
             contexts.append(ex)
             owner.append(k)
     _preflight(teacher, prompts, decoding)
@@ -278,8 +287,10 @@ def materialise(teacher: Any, recipe: str | recipes.Recipe, examples: Sequence[M
         asking = list(range(len(prompts)))
         for r, dec in enumerate(rounds):
             unparsed: list[int] = []
-            for jj, res in base.stream_for(teacher, [contexts[j] for j in asking], [prompts[j] for j in asking],
-                                           chunk_size=chunk_size, **dec):
+            ask = [prompts[j] for j in asking]
+            replies = (base.stream_for(teacher, [contexts[j] for j in asking], ask, chunk_size=chunk_size, **dec)
+                       if teacher_sees_examples else base.stream(teacher, ask, chunk_size=chunk_size, **dec))
+            for jj, res in replies:
                 j = asking[jj]
                 k = owner[j]
                 if k in failures:
@@ -350,16 +361,20 @@ def materialise(teacher: Any, recipe: str | recipes.Recipe, examples: Sequence[M
 def _task_scope(teacher: Any, rec: recipes.Recipe, examples: Sequence[Mapping[str, Any]], fixed: Mapping[str, str],
                 decoding: Mapping[str, Any], meta: Mapping[str, Any], task_dir: pathlib.Path | None, start: float,
                 on_first_reply: Callable[[], None] | None, what: str) -> Materialised:
-    """One reply per task (instruction writing): the task family and language from the task name, and the first
-    ``k`` examples as "Input/Output" blocks in ``{examples}``."""
+    """One reply per task (instruction writing): the task family and language from the task name (language
+    ``examples``/``auto``: the recipe's ``language_of_examples``), and the first ``k`` examples in ``{examples}``
+    (the recipe's ``example_block`` each)."""
     task = meta["task"]
     values = {"task": task.rsplit("_", 1)[0], "language": task.rsplit("_", 1)[-1], **rec.defaults, **fixed}
     k = int(values.get("k", 4))
     shots = list(examples[:k])
     if values.get("language") in ("examples", "auto"):
-        values["language"] = "the same language as the examples"
-    values["examples"] = "".join(f"Input: {ex.get('inputs', '')}\nOutput: {ex.get('targets', '')}\n\n"
-                                 for ex in shots)
+        if "language_of_examples" not in values:
+            raise UserError(f"recipe {rec.name}: language {values['language']!r} needs a 'language_of_examples' "
+                            f"default (the words the prompt names the examples' language with)")
+        values["language"] = values["language_of_examples"]
+    if "examples" in rec.fields:
+        values["examples"] = rec.examples_block(shots)
     prompt = rec.render(values)
     path = None if task_dir is None else task_dir / f"{meta['split']}.{rec.name}.json"
     if path is not None and path.exists():

@@ -4,7 +4,12 @@ A recipe file is ``key: value`` header lines (values are JSON when they parse as
 template (``str.format`` fields such as ``{input}``; literal braces doubled). ``#`` lines in the header are
 comments. Header keys: ``name``, ``version``, ``scope`` (``example``: one output per task example; ``task``: one per
 task, e.g. instruction writing), ``parser`` (see :data:`PARSERS`), ``max_new_tokens``, ``temperature``, ``stop``,
-``expand`` (``sentences``: one prompt per sentence of ``{document}``), ``defaults`` (variable defaults).
+``expand`` (``sentences``: one prompt per sentence of ``{document}``), ``defaults`` (variable defaults),
+``example_block`` (the template of one labelled example, ``{inputs}``/``{input}`` and ``{targets}``: what
+:meth:`Recipe.examples_block` repeats for the ``{examples}`` of a few-shot prompt) and ``answer_header`` (put
+after each ``{input}`` as ``{answer_header}``, unless that input already ends in its own header, a ``:``).
+
+Every word a teacher reads is in these files; code only chooses the values of the fields.
 
 ``text_hash`` = sha256 of the recipe file's text + its version: any edit to a recipe changes the hash stored with
 every output, so outputs of different prompts never mix.
@@ -18,7 +23,7 @@ import json
 import pathlib
 import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -27,8 +32,8 @@ from fiat_jax.data import exemplars as exemplars_lib
 from fiat_jax.data.text import split_sentences
 from fiat_jax.errors import UserError
 
-__all__ = ["ParseError", "Recipe", "available", "cot_exemplars", "load", "parse_instruction", "parse_lines",
-           "parse_score", "parse_text", "parse_verdict", "recipe_path", "split_sentences"]
+__all__ = ["ParseError", "Recipe", "available", "cot_exemplars", "load", "parse_first_line", "parse_instruction",
+           "parse_lines", "parse_score", "parse_text", "parse_verdict", "recipe_path", "split_sentences"]
 
 RECIPE_DIR = pathlib.Path(__file__).resolve().parent / "recipes"
 SCOPES = ("example", "task")
@@ -52,6 +57,8 @@ class Recipe:
     stop: tuple[str, ...] = ()
     expand: str | None = None
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    example_block: str | None = None
+    answer_header: str | None = None
 
     @property
     def text_hash(self) -> str:
@@ -65,12 +72,35 @@ class Recipe:
 
     def render(self, variables: Mapping[str, Any]) -> str:
         """The prompt for ``variables`` (recipe defaults fill the gaps); a UserError names a missing one."""
-        values = {**self.defaults, **variables}
-        missing = [f for f in self.fields if f not in values]
+        return self._fill(self.template, self._framed({**self.defaults, **variables}))
+
+    def examples_block(self, examples: Sequence[Mapping[str, Any]]) -> str:
+        """The ``example_block`` filled in for each example, joined: the ``{examples}`` of a few-shot prompt (an
+        example's missing ``inputs``/``targets`` read as empty)."""
+        if self.example_block is None:
+            raise UserError(f"recipe {self.name}: no example_block in its header (the form of one example)")
+        blocks = []
+        for example in examples:
+            values = {"inputs": "", "targets": "", **example}
+            values.setdefault("input", values["inputs"])
+            blocks.append(self._fill(self.example_block, self._framed(values)))
+        return "".join(blocks)
+
+    def _framed(self, values: dict[str, Any]) -> dict[str, Any]:
+        """With an ``answer_header``: ``{input}`` right-stripped, and ``{answer_header}`` empty when that input
+        already ends in its own header (XCOPA's "Answer:", MGSM's "Step-by-Step Answer:")."""
+        if self.answer_header is None or "input" not in values:
+            return values
+        text = str(values["input"]).rstrip()
+        return {**values, "input": text, "answer_header": "" if text.endswith(":") else self.answer_header}
+
+    def _fill(self, template: str, values: Mapping[str, Any]) -> str:
+        fields = sorted({f for _, f, _, _ in string.Formatter().parse(template) if f})
+        missing = [f for f in fields if f not in values]
         if missing:
             raise UserError(f"recipe {self.name}: no value for {{{missing[0]}}} (have: "
                             f"{', '.join(sorted(values)) or 'nothing'}); bind teach.variables")
-        return self.template.format_map({k: values[k] for k in self.fields})
+        return template.format_map({k: values[k] for k in fields})
 
     def parse(self, reply: str) -> str:
         """The reply in its canonical form (raises :class:`ParseError`)."""
@@ -116,7 +146,8 @@ def load(name_or_path: str) -> Recipe:
     for key in ("name", "version"):
         if key not in meta:
             raise UserError(f"recipe {path}: header lacks {key!r}")
-    known = {"name", "version", "scope", "parser", "max_new_tokens", "temperature", "stop", "expand", "defaults"}
+    known = {"name", "version", "scope", "parser", "max_new_tokens", "temperature", "stop", "expand", "defaults",
+             "example_block", "answer_header"}
     unknown = sorted(set(meta) - known)
     if unknown:
         raise UserError(f"recipe {path}: unknown header key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -131,14 +162,20 @@ def load(name_or_path: str) -> Recipe:
         raise UserError(f"recipe {path}: expand must be 'sentences' or absent, got {expand!r}")
     stop = meta.get("stop", [])
     stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
-    try:
-        string.Formatter().parse(template) and list(string.Formatter().parse(template))
-    except ValueError as err:
-        raise UserError(f"recipe {path}: bad template ({err}; double literal braces)") from None
+    blocks = {key: meta[key] for key in ("example_block", "answer_header") if key in meta}
+    for key, value in blocks.items():
+        if not isinstance(value, str):
+            raise UserError(f"recipe {path}: {key} must be a JSON string, got {value!r}")
+    for what, text_ in (("template", template), *blocks.items()):
+        try:
+            list(string.Formatter().parse(text_))
+        except ValueError as err:
+            raise UserError(f"recipe {path}: bad {what} ({err}; double literal braces)") from None
     return Recipe(name=str(meta["name"]), version=str(meta["version"]), template=template.strip("\n"), text=text,
                   path=str(path), scope=scope, parser=parser, max_new_tokens=int(meta.get("max_new_tokens", 256)),
                   temperature=float(meta.get("temperature", 0.0)), stop=stop, expand=expand,
-                  defaults=dict(meta.get("defaults") or {}))
+                  defaults=dict(meta.get("defaults") or {}), example_block=blocks.get("example_block"),
+                  answer_header=blocks.get("answer_header"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,6 +255,12 @@ _TIE = re.compile(r"\b(tie|equal|same)\b", re.IGNORECASE)
 _VERDICT = re.compile(r"\b([AB])\b")  # upper case only: "a" is usually the article
 
 
+def parse_first_line(reply: str) -> str:
+    """A direct answer: the reply's first non-empty line, stripped (a model may go on with the next example's
+    input); an empty reply is an empty answer (it is scored as wrong, never re-asked)."""
+    return next((ln.strip() for ln in (reply or "").splitlines() if ln.strip()), "")
+
+
 def parse_verdict(reply: str) -> str:
     """A pairwise judge's verdict as "A", "B" or "tie" (the first of them in its reply; anything else is a tie,
     so this parser never fails)."""
@@ -230,7 +273,7 @@ def parse_verdict(reply: str) -> str:
 
 PARSERS: dict[str, Callable[[str], str]] = {"text": parse_text, "lines": parse_lines,
                                              "instruction": parse_instruction, "score_1_5": parse_score,
-                                             "verdict": parse_verdict}
+                                             "verdict": parse_verdict, "first_line": parse_first_line}
 
 
 # ---------------------------------------------------------------------------------------------------------------
