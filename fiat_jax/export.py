@@ -25,6 +25,7 @@ _log = logging.getLogger(__name__)
 
 def _run_bindings(model_dir: pathlib.Path) -> dict[str, Any]:
     """Parse the run's config.gin and return ``train``'s bindings (references resolved)."""
+    from fiat_jax.methods import student  # lazy: a wrong --model_dir is reported before JAX/TF load
     from fiat_jax.train import trainer  # lazy: a wrong --model_dir is reported before JAX/TF load
 
     config = model_dir / "config.gin"
@@ -39,6 +40,11 @@ def _run_bindings(model_dir: pathlib.Path) -> dict[str, Any]:
         raise UserError(f"{config}: cannot parse ({str(err).splitlines()[0] if str(err) else err})") from err
     with gin.unlock_config():
         bindings = gin.get_bindings(trainer.train)
+        if "model_factory" not in bindings:
+            # A method's student (MODEL_DIR/student): its StudentSpec handed the model to the trainer explicitly.
+            spec = {k: v for k, v in gin.get_bindings(student.StudentSpec).items()
+                    if k in ("model_factory", "initial_params", "model_transform", "trainable") and v is not None}
+            bindings = {**bindings, **spec}
     if "model_factory" not in bindings:
         raise UserError(f"{config} binds no train.model_factory (not a `fiat train` run?)")
     return bindings

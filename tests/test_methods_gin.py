@@ -57,6 +57,22 @@ def test_method_gin_runs_end_to_end(tmp_path, shared_data_dir, files):
     MH.cleanup_registry()
 
 
+@pytest.mark.usefixtures("compilation_cache")
+def test_a_method_student_restores_for_export(tmp_path, shared_data_dir):
+    """`fiat export --model_dir=MODEL_DIR/student` rebuilds the student the method's StudentSpec trained (its
+    model factory reached the trainer as an argument, not as a train.* binding)."""
+    from fiat_jax import export
+    from fiat_jax.methods import run
+
+    _configure(tmp_path, shared_data_dir, "methods/finetune_full.gin", "runs/local_tiny.gin",
+               bindings=["train.batch_size = 4"])
+    run.run()
+    gin.clear_config(clear_constants=True)
+    model = export.restore_run(tmp_path / "student")
+    assert hasattr(model, "logits_from_batch")
+    MH.cleanup_registry()
+
+
 def test_fiat_gin_without_teacher_fails_before_training(tmp_path, shared_data_dir):
     from fiat_jax.methods import run
 
