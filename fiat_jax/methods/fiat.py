@@ -139,15 +139,17 @@ def fiat_student(spec: StudentSpec, ablations: FiatAblations, *, base_initial_pa
 # Teacher reasoning, materialised (teachers/materialise.py; docs/CONTRACTS.md "Materialised teacher outputs") so
 # reruns never re-ask.
 def teacher_outputs(teacher: Any, examples: Sequence[Mapping[str, Any]], *, task: str, split: str, out_dir: str,
-                    instruction: str, exemplars: str = "", max_new_tokens: int = 128,
+                    instruction: str | None, exemplars: str = "", max_new_tokens: int = 128,
                     batch_size: int = 8) -> dict[str, str]:
     """``{id: reasoning}`` for the examples: read from ``out_dir/<task>/<split>.jsonl`` where present (same
     teacher and recipe hash; rows of an older recipe are replaced), the rest asked of the teacher (with their
     examples: a replay teacher looks recordings up by id, the controlled (simulated) teacher reads the gold
-    answer) and appended. Any reply is reasoning (an empty one too), as before the recipe files."""
+    answer) and appended. Any reply is reasoning (an empty one too), as before the recipe files. ``instruction``
+    None: the recipe's own."""
+    variables = {"exemplars": exemplars, **({} if instruction is None else {"instruction": instruction})}
     result = materialise_lib.materialise(
         teacher, REASONING_RECIPE, examples, out_dir=out_dir, task=task, split=split,
-        variables={"instruction": instruction, "exemplars": exemplars}, max_new_tokens=max_new_tokens,
+        variables=variables, max_new_tokens=max_new_tokens,
         keep_unparsed=True, replace_other=True, chunk_size=batch_size, what="FIAT reasoning")
     return result.require_all(f"FIAT reasoning {task}/{split}")
 
@@ -195,7 +197,7 @@ def student_instructions(train_examples: Mapping[str, Sequence[Mapping[str, Any]
 
 
 def reasoning_for(task: str, split: str, examples: Sequence[Mapping[str, Any]], *, teacher: Any,
-                  teacher_dir: str | None, out_dir: str, instruction: str,
+                  teacher_dir: str | None, out_dir: str, instruction: str | None,
                   exemplars: Callable[[str], str] | str | None, max_new_tokens: int) -> dict[str, str]:
     """``{id: reasoning}``: from ``teacher_dir`` (the output of ``fiat teach``) when it holds every example's,
     else asked of the teacher and materialised in ``out_dir`` (:func:`teacher_outputs`)."""
@@ -223,14 +225,14 @@ def inference_ablations(ablations: FiatAblations) -> FiatAblations:
 def fiat_method(*, model_dir: str, mixture_or_task_name: str, student: StudentSpec | None = None,
                 num_train_examples: int | None = None, num_eval_examples: int | None = None,
                 eval_split: str = "validation", teacher: Any = None, teacher_dir: str | None = None,
-                teacher_instruction: str = "Answer the question. Reason step by step.",
+                teacher_instruction: str | None = None,
                 teacher_exemplars: Callable[[str], str] | str | None = None,
                 student_instruction: str | Mapping[str, str] | None = None, ablations: FiatAblations | None = None,
                 template: FiatTemplate = DEFAULT_FIAT_TEMPLATE, base_initial_params: Callable | None = None,
                 max_reasoning_tokens: int = 128, write_results: bool = True) -> dict[str, dict[str, float]]:
     """FIAT end to end: teacher reasoning for train and eval examples, student rows, PEFT training of ``student``
     (default: the gin-bound ``StudentSpec()``), then inference (teacher reasoning, then the student's answer)
-    scored with each task's metrics.
+    scored with each task's metrics. ``teacher_instruction`` None: the ``fiat_reasoning`` recipe's own.
 
     Fails before any training when a required piece is missing: no teacher (unless ``no_reasoning`` or the
     reasoning is materialised in ``teacher_dir``), no training examples, no student instruction and no teacher
