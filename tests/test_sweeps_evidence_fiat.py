@@ -98,9 +98,9 @@ def test_evidence_sweep_plans_the_q_axis_with_the_simulated_teacher():
     runs = sweep.configured_plan()
     gin.clear_config()
     qs = {dict(r.bindings).get("CONTROLLED_TEACHER_Q") for r in runs if "simulated" in r.method}
-    assert qs == {0.0, 0.5, 0.8, 1.0}
+    assert qs == {0.0, 0.5, 1.0}
     assert all(dict(r.bindings)["TEACHER"] == "@ControlledTeacher()" for r in runs if "simulated" in r.method)
-    assert {r.seed for r in runs} == {0, 1, 2} and {r.params["NUM_TRAIN_EXAMPLES"] for r in runs} == {80}
+    assert {r.seed for r in runs} == {0, 1} and {r.params["NUM_TRAIN_EXAMPLES"] for r in runs} == {80}
     assert {"ICL (embedded teacher)", "FT (LoRA)", "FIAT", "FIAT w/o reasoning", "FIAT w/o instruction",
             "FIAT reasoning as target", "FIAT full FT"} <= {r.method for r in runs}
 
