@@ -139,3 +139,34 @@ def test_phased_table_without_judge_has_no_win_rate_column():
             for s in range(2)]
     table = evidence_phased.phased_table(rows)
     assert "win rate" not in table.lower() and table.splitlines()[0].count("|") == 5
+
+
+def test_seed_level_p_ignores_item_counts_and_sees_the_seed_spread():
+    """The phased table's p: seeds are the units. A difference that flips sign between training runs is not
+    significant however many items each run scored (the (seed, item) sign flip calls it p < 0.001); one that
+    every seed shows, with little spread between seeds, is."""
+    from fiat_jax.sweeps import stats
+
+    rng = np.random.default_rng(0)
+    spread = {s: {"all": shift + rng.normal(0, 0.01, size=2000)} for s, shift in enumerate([0.3, -0.1, 0.2])}
+    assert stats.sign_flip_p_value(spread) < 0.001  # item-level: 6000 units, all "significant"
+    assert stats.seed_level_p_value(spread) > 0.2  # seed-level: mean 0.13, sd 0.21 over 3 seeds
+    steady = {s: {"all": 0.1 + rng.normal(0, 0.01, size=40)} for s in range(3)}
+    assert stats.seed_level_p_value(steady) < 0.001
+    # Exact value on three seed means (items average first): t = 2 / (1 / sqrt(3)) with 2 df.
+    exact = {0: {"all": np.array([1.0, 1.0])}, 1: {"all": np.array([2.0, 2.0])}, 2: {"all": np.array([3.0, 3.0])}}
+    assert stats.seed_level_p_value(exact) == pytest.approx(1.0 - stats.t_two_sided_mass(2 * 3 ** 0.5, 2))
+    assert np.isnan(stats.seed_level_p_value({0: {"all": np.array([1.0])}}))
+
+
+def test_phased_table_p_is_seed_level():
+    """An ordering whose gain flips sign across seeds gets no small p in the phased table."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed, shift in enumerate([0.2, -0.15, 0.1]):
+        base = rng.normal(-2.0, 0.5, size=200)
+        rows += [_row("Phased IFT", seed, base + shift + rng.normal(0, 0.01, 200)),
+                 _row("One-off IFT", seed, base + rng.normal(0, 0.01, 200))]
+    one_off = next(line for line in evidence_phased.phased_table(rows).splitlines() if line.startswith("| One-off"))
+    p = float(one_off.rstrip(" |").rsplit("|", 1)[1])
+    assert p > 0.2, one_off
