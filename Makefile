@@ -57,6 +57,8 @@ evidence: $(STAMP)
 	  cp $(EVIDENCE_RUNS)/$$p/results.jsonl $(EVIDENCE_RUNS)/$$p/report/report.md evidence/$$p/; \
 	  grep -E "Elapsed|User time|System time" $(EVIDENCE_RUNS)/$$p/time.txt > evidence/$$p/time.txt; \
 	  $(BIN)/python -m fiat_jax.sweeps.evidence $$p --write; \
+	  if [ $$p = fiat ]; then $(BIN)/python -m fiat_jax.sweeps.evidence_fiat evidence/fiat/results.jsonl \
+	    --plot evidence/fiat/fiat_q.png > /dev/null; fi; \
 	done
 
 clean:
