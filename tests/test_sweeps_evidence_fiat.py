@@ -110,3 +110,14 @@ def test_a_single_run_level_number_shows_no_interval():
     row["extra"]["item_scores"] = {}
     line = evidence_fiat.evidence_table([row]).splitlines()[-1]
     assert "| 1 × 1 | 50.0 [–, –] |" in line and "nan" not in line
+
+
+def test_blank_item_ids_pair_by_position_not_onto_one_item():
+    """The student's scorer may write blank ids: pairing must not map every item onto one id (which made FIAT q=1
+    minus an FT at 38 % read +100), but pair the same positions of the split."""
+    ft = [100.0] * 15 + [0.0] * 25                      # 37.5 %, the last item wrong
+    rows = [_row("FT (LoRA)", "finetune_lora", 0, ft, ids=[""] * 40),
+            _row("FIAT q=1 (simulated)", "fiat", 0, [100.0] * 40, ids=[""] * 40,
+                 teacher="simulated:controlled-teacher:q=1:seed=0")]
+    line = next(l for l in evidence_fiat.evidence_table(rows).splitlines() if l.startswith("| FIAT q=1"))
+    assert "| 1 × 40 |" in line and "+62.5 [" in line, line
