@@ -119,5 +119,8 @@ def test_blank_item_ids_pair_by_position_not_onto_one_item():
     rows = [_row("FT (LoRA)", "finetune_lora", 0, ft, ids=[""] * 40),
             _row("FIAT q=1 (simulated)", "fiat", 0, [100.0] * 40, ids=[""] * 40,
                  teacher="simulated:controlled-teacher:q=1:seed=0")]
+    rows.append(_row("ICL (embedded teacher)", "icl", 0, [0.0] * 39 + [100.0], teacher="local:smollm2"))
     line = next(l for l in evidence_fiat.evidence_table(rows).splitlines() if l.startswith("| FIAT q=1"))
     assert "| 1 × 40 |" in line and "+62.5 [" in line, line
+    # ICL wrote real ids, FIAT none: the same 40 items in the same order, so paired by position (+97.5 on 40).
+    assert "| +97.5 [" in line and line.rstrip().endswith("p < 0.001 |"), line

@@ -82,6 +82,8 @@ def _align(a: Mapping, b: Mapping) -> tuple[dict, dict]:
     for seed in sorted(set(a) & set(b)):
         for lang in sorted(set(a[seed]) & set(b[seed])):
             (ids_a, va), (ids_b, vb) = a[seed][lang], b[seed][lang]
+            if _positional(ids_a) != _positional(ids_b) and len(ids_a) == len(ids_b):
+                ids_a = ids_b = tuple(f"#{k}" for k in range(len(ids_a)))  # one side knows positions only
             where = {i: n for n, i in enumerate(ids_b)}
             shared = [(n, where[i]) for n, i in enumerate(ids_a) if i in where]
             if ids_a and ids_b and shared:
@@ -91,6 +93,11 @@ def _align(a: Mapping, b: Mapping) -> tuple[dict, dict]:
                 out_a.setdefault(seed, {})[lang] = np.asarray([va.mean()])
                 out_b.setdefault(seed, {})[lang] = np.asarray([vb.mean()])
     return out_a, out_b
+
+
+def _positional(ids: tuple) -> bool:
+    """Ids made from positions (a run that wrote no usable item ids, see ``_cell``)."""
+    return bool(ids) and all(i.startswith("#") for i in ids)
 
 
 def compare(a: Mapping, b: Mapping) -> stats.Comparison | None:
