@@ -30,9 +30,9 @@ def test_readme_has_a_subsection_per_paper():
         assert f"<!-- evidence:{paper} -->" in text and f"<!-- /evidence:{paper} -->" in text
 
 
-def _comparison(kind):
+def _comparison(kind, model="tiny"):
     rows = evidence.read_rows(ROOT / "evidence" / "augmented" / "results.jsonl")
-    cell = lambda method: evidence.item_cell(rows, method, f"accuracy_{kind}", model="tiny")
+    cell = lambda method: evidence.item_cell(rows, method, f"accuracy_{kind}", model=model)
     return rows, cell
 
 
@@ -51,6 +51,23 @@ def test_reversal_curse_direction_in_shipped_results():
     assert aug_mean >= chance + 30
     comp = evidence.paired(aug, ft)
     assert comp is not None and comp.diff.per_item and comp.p_value < 0.01
+
+
+def test_reversal_curse_direction_in_shipped_results_for_the_smollm2_student():
+    """The same Done-when for SmolLM2-135M-Instruct with LoRA: plain FT within 10 points of chance on reversals,
+    local+global augmentation with the rule-based augmenter >= 30 points above it, p < 0.01 paired on
+    (seed, item) and with the seeds as the units."""
+    rows, cell = _comparison("reversal", model="smollm2-135m-lora")
+    chance = evidence.synthetic_chance()
+    ft, aug = cell("FT"), cell("Aug-FT (local+global)")
+    assert len(ft[0]) >= 5 and len(aug[0]) >= 5  # seeds
+    ft_mean = float(np.mean([v["all"].mean() for v in ft[0].values()]))
+    aug_mean = float(np.mean([v["all"].mean() for v in aug[0].values()]))
+    assert ft_mean <= chance + 10
+    assert aug_mean >= ft_mean + 30 and aug_mean >= chance + 30
+    comp = evidence.paired(aug, ft)
+    assert comp is not None and comp.diff.per_item and comp.p_value < 0.01
+    assert evidence.seed_level_p(aug, ft) < 0.01
 
 
 def test_paired_difference_pairs_items_by_id():
@@ -139,3 +156,34 @@ def test_phased_table_without_judge_has_no_win_rate_column():
             for s in range(2)]
     table = evidence_phased.phased_table(rows)
     assert "win rate" not in table.lower() and table.splitlines()[0].count("|") == 5
+
+
+def test_seed_level_p_ignores_item_counts_and_sees_the_seed_spread():
+    """The phased table's p: seeds are the units. A difference that flips sign between training runs is not
+    significant however many items each run scored (the (seed, item) sign flip calls it p < 0.001); one that
+    every seed shows, with little spread between seeds, is."""
+    from fiat_jax.sweeps import stats
+
+    rng = np.random.default_rng(0)
+    spread = {s: {"all": shift + rng.normal(0, 0.01, size=2000)} for s, shift in enumerate([0.3, -0.1, 0.2])}
+    assert stats.sign_flip_p_value(spread) < 0.001  # item-level: 6000 units, all "significant"
+    assert stats.seed_level_p_value(spread) > 0.2  # seed-level: mean 0.13, sd 0.21 over 3 seeds
+    steady = {s: {"all": 0.1 + rng.normal(0, 0.01, size=40)} for s in range(3)}
+    assert stats.seed_level_p_value(steady) < 0.001
+    # Exact value on three seed means (items average first): t = 2 / (1 / sqrt(3)) with 2 df.
+    exact = {0: {"all": np.array([1.0, 1.0])}, 1: {"all": np.array([2.0, 2.0])}, 2: {"all": np.array([3.0, 3.0])}}
+    assert stats.seed_level_p_value(exact) == pytest.approx(1.0 - stats.t_two_sided_mass(2 * 3 ** 0.5, 2))
+    assert np.isnan(stats.seed_level_p_value({0: {"all": np.array([1.0])}}))
+
+
+def test_phased_table_p_is_seed_level():
+    """An ordering whose gain flips sign across seeds gets no small p in the phased table."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed, shift in enumerate([0.2, -0.15, 0.1]):
+        base = rng.normal(-2.0, 0.5, size=200)
+        rows += [_row("Phased IFT", seed, base + shift + rng.normal(0, 0.01, 200)),
+                 _row("One-off IFT", seed, base + rng.normal(0, 0.01, 200))]
+    one_off = next(line for line in evidence_phased.phased_table(rows).splitlines() if line.startswith("| One-off"))
+    p = float(one_off.rstrip(" |").rsplit("|", 1)[1])
+    assert p > 0.2, one_off

@@ -98,9 +98,9 @@ def test_evidence_sweep_plans_the_q_axis_with_the_simulated_teacher():
     runs = sweep.configured_plan()
     gin.clear_config()
     qs = {dict(r.bindings).get("CONTROLLED_TEACHER_Q") for r in runs if "simulated" in r.method}
-    assert qs == {0.0, 0.5, 0.8, 1.0}
+    assert qs == {0.0, 0.5, 1.0}
     assert all(dict(r.bindings)["TEACHER"] == "@ControlledTeacher()" for r in runs if "simulated" in r.method)
-    assert {r.seed for r in runs} == {0, 1, 2} and {r.params["NUM_TRAIN_EXAMPLES"] for r in runs} == {80}
+    assert {r.seed for r in runs} == {0, 1} and {r.params["NUM_TRAIN_EXAMPLES"] for r in runs} == {80}
     assert {"ICL (embedded teacher)", "FT (LoRA)", "FIAT", "FIAT w/o reasoning", "FIAT w/o instruction",
             "FIAT reasoning as target", "FIAT full FT"} <= {r.method for r in runs}
 
@@ -110,3 +110,17 @@ def test_a_single_run_level_number_shows_no_interval():
     row["extra"]["item_scores"] = {}
     line = evidence_fiat.evidence_table([row]).splitlines()[-1]
     assert "| 1 × 1 | 50.0 [–, –] |" in line and "nan" not in line
+
+
+def test_blank_item_ids_pair_by_position_not_onto_one_item():
+    """The student's scorer may write blank ids: pairing must not map every item onto one id (which made FIAT q=1
+    minus an FT at 38 % read +100), but pair the same positions of the split."""
+    ft = [100.0] * 15 + [0.0] * 25                      # 37.5 %, the last item wrong
+    rows = [_row("FT (LoRA)", "finetune_lora", 0, ft, ids=[""] * 40),
+            _row("FIAT q=1 (simulated)", "fiat", 0, [100.0] * 40, ids=[""] * 40,
+                 teacher="simulated:controlled-teacher:q=1:seed=0")]
+    rows.append(_row("ICL (embedded teacher)", "icl", 0, [0.0] * 39 + [100.0], teacher="local:smollm2"))
+    line = next(l for l in evidence_fiat.evidence_table(rows).splitlines() if l.startswith("| FIAT q=1"))
+    assert "| 1 × 40 |" in line and "+62.5 [" in line, line
+    # ICL wrote real ids, FIAT none: the same 40 items in the same order, so paired by position (+97.5 on 40).
+    assert "| +97.5 [" in line and line.rstrip().endswith("p < 0.001 |"), line

@@ -57,6 +57,29 @@ def test_plan_is_the_full_grid_in_a_stable_order():
     assert [r.config_hash for r in again] == [r.config_hash for r in runs]
 
 
+def test_plan_only_restricts_a_method_to_some_axis_values_and_leaves_the_others_unchanged():
+    methods = {"FT": ["ft.gin"], "Aug": ["aug.gin"], "Aug-local": ["local.gin"]}
+    axes = {"MODEL": {"tiny": ["tiny.gin"], "big": ["big.gin"]}}
+    full = sweep.plan(methods=methods, gin_axes=axes, seeds=[0, 1])
+    runs = sweep.plan(methods=methods, gin_axes=axes, seeds=[0, 1], only={"Aug-local": {"MODEL": ["tiny"]}})
+    cells = {(r.method, r.params["MODEL"]) for r in runs}
+    assert cells == {("FT", "tiny"), ("FT", "big"), ("Aug", "tiny"), ("Aug", "big"), ("Aug-local", "tiny")}
+    assert len(runs) == 2 * 5
+    # The runs kept are the same runs (ids, hashes) as without the restriction: a sweep dir resumes across it.
+    assert {r.run_id for r in runs} == {r.run_id for r in full if (r.method, r.params["MODEL"]) != ("Aug-local", "big")}
+
+
+@pytest.mark.parametrize("only, match", [
+    ({"Nope": {"MODEL": ["tiny"]}}, "names method 'Nope'"),
+    ({"FT": {"SIZE": ["tiny"]}}, "names axis 'SIZE'"),
+    ({"FT": {"MODEL": []}}, "non-empty list"),
+    ({"FT": {}}, "must map axis names"),
+])
+def test_plan_only_rejects_unknown_methods_and_axes(only, match):
+    with pytest.raises(UserError, match=match):
+        sweep.plan(methods={"FT": ["ft.gin"]}, gin_axes={"MODEL": {"tiny": ["tiny.gin"]}}, only=only)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"methods": {}}, "methods is empty"),
     ({"methods": {"a": ["a.gin"]}, "grid": {"MODEL_DIR": ["x"]}}, "set by the sweep"),

@@ -56,6 +56,19 @@ def item_cell(rows: Sequence[Mapping[str, Any]], method: str, metric: str, *, mo
 
 def paired(a: tuple[Cell, dict], b: tuple[Cell, dict]) -> stats.Comparison | None:
     """``a - b`` on the (seed, item) pairs both scored (items matched by id), else on seed-level means."""
+    out_a, out_b = aligned(a, b)
+    return stats.paired_difference(out_a, out_b, bounds=BOUNDS) if out_a else None
+
+
+def seed_level_p(a: tuple[Cell, dict], b: tuple[Cell, dict]) -> float:
+    """p of ``a - b`` with the seeds (each its own world and training run) as the units: a t-test on the
+    per-seed mean differences over the same items as :func:`paired` (NaN with fewer than 2 seeds)."""
+    out_a, out_b = aligned(a, b)
+    return stats.seed_level_p_value({s: {"all": out_a[s]["all"] - out_b[s]["all"]} for s in out_a})
+
+
+def aligned(a: tuple[Cell, dict], b: tuple[Cell, dict]) -> tuple[Cell, Cell]:
+    """The two cells on the (seed, item) pairs both scored (items matched by id), else on seed-level means."""
     (cell_a, ids_a), (cell_b, ids_b) = a, b
     out_a: Cell = {}
     out_b: Cell = {}
@@ -68,7 +81,7 @@ def paired(a: tuple[Cell, dict], b: tuple[Cell, dict]) -> stats.Comparison | Non
         else:
             va, vb = np.asarray([va.mean()]), np.asarray([vb.mean()])
         out_a[seed], out_b[seed] = {"all": va}, {"all": vb}
-    return stats.paired_difference(out_a, out_b, bounds=BOUNDS) if out_a else None
+    return out_a, out_b
 
 
 def _interval(cell: Cell) -> str:
@@ -81,11 +94,12 @@ def _interval(cell: Cell) -> str:
     return f"{mean} [{stats.format_number(est.low, percent=True)}, {stats.format_number(est.high, percent=True)}]"
 
 
-def _difference(comp: stats.Comparison | None) -> str:
+def _difference(comp: stats.Comparison | None, seed_p: float = float("nan")) -> str:
     if comp is None:
         return "–"
     d = comp.diff
-    return (f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}], p {stats.format_p(comp.p_value)}")
+    seeds = "" if math.isnan(seed_p) else f"; seeds: p {stats.format_p(seed_p)}"
+    return (f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}], p {stats.format_p(comp.p_value)}{seeds}")
 
 
 # ------------------------------------------------------------------------------------ augmented fine-tuning
@@ -122,19 +136,27 @@ def augmented_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 continue
             cells = [_interval(item_cell(rows, method, f"accuracy_{kind}", model=model)[0])
                      for kind, _ in AUGMENTED_KINDS]
-            diffs = ["" if method == AUGMENTED_BASELINE else _difference(paired(
-                item_cell(rows, method, f"accuracy_{kind}", model=model),
-                item_cell(rows, AUGMENTED_BASELINE, f"accuracy_{kind}", model=model)))
-                for kind in ("reversal", "two_hop")]
+            diffs = ["" if method == AUGMENTED_BASELINE else _difference(*_compared(rows, method, kind, model))
+                     for kind in ("reversal", "two_hop")]
             n = len({int(r.get("seed") or 0) for r in rows
                      if r["method"] == method and (r.get("params") or {}).get("MODEL", "") == model})
             lines.append("| " + " | ".join([model, method, _teacher_label(rows, method), str(n)] + cells + diffs)
                          + " |")
     lines.append("")
     lines.append("Accuracy (%) by multiple-choice likelihood, mean over seeds (each seed its own world) [95% "
-                 f"bootstrap interval over seeds and items]; chance {synthetic_chance():.1f}. "
-                 "Differences are paired on (seed, item), p from a two-sided sign-flip permutation test.")
+                 f"bootstrap interval over seeds and items]; chance {synthetic_chance():.1f} (every probe has 4 "
+                 "options). Differences are paired on (seed, item): p from a two-sided sign-flip permutation test "
+                 "over the (seed, item) pairs, and (\"seeds\") from a t-test on the per-seed mean differences, "
+                 "the seeds (each its own world and training run) being the units.")
     return "\n".join(lines)
+
+
+def _compared(rows: Sequence[Mapping[str, Any]], method: str, kind: str, model: str
+              ) -> tuple[stats.Comparison | None, float]:
+    """``method`` − plain FT on one probe kind for one student: the paired comparison and the seed-level p."""
+    a = item_cell(rows, method, f"accuracy_{kind}", model=model)
+    b = item_cell(rows, AUGMENTED_BASELINE, f"accuracy_{kind}", model=model)
+    return paired(a, b), seed_level_p(a, b)
 
 
 def teacher_quality_table(directory: str | pathlib.Path) -> str:

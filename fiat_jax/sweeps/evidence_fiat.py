@@ -4,7 +4,8 @@ Why a module of its own: the README table must be exactly what a shipped command
 ``evidence/fiat/results.jsonl`` (tests/test_evidence_tables.py re-derives it), and the comparisons FIAT's paper
 makes (FIAT and each ablation against fine-tuning and against ICL; along the simulated teacher-quality axis q,
 FIAT's gain over both) are not the generic report's baseline pairs. Paired on (seed, item) units where both runs
-wrote per-item scores for the same items (by id), else on seeds (stats.paired_difference decides).
+wrote per-item scores for the same items (by id; by position where a run wrote blank or repeated ids, as every
+method scores the same first N items of the split in order), else on seeds (stats.paired_difference decides).
 
     python -m fiat_jax.sweeps.evidence_fiat evidence/fiat/results.jsonl [--plot evidence/fiat/fiat_q.png]
 """
@@ -60,6 +61,10 @@ def _cell(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[int, dict[str,
             entry = (items.get(f"{family}_{lang}") or items.get(lang) or {}).get(metric) or {}
             values = entry.get("values") or []
             ids = tuple(str(i) for i in entry.get("ids") or ())
+            if values and (len(ids) != len(values) or "" in ids or len(set(ids)) != len(ids)):
+                # No usable ids (the student's scorer wrote blanks): every method scores the same first N
+                # items of the evaluation split in their order, so the position is the item.
+                ids = tuple(f"#{k}" for k in range(len(values)))
             if values and len(ids) == len(values):
                 out.setdefault(int(row.get("seed") or 0), {})[str(lang)] = (ids, np.asarray(values, float))
             else:
@@ -77,6 +82,8 @@ def _align(a: Mapping, b: Mapping) -> tuple[dict, dict]:
     for seed in sorted(set(a) & set(b)):
         for lang in sorted(set(a[seed]) & set(b[seed])):
             (ids_a, va), (ids_b, vb) = a[seed][lang], b[seed][lang]
+            if _positional(ids_a) != _positional(ids_b) and len(ids_a) == len(ids_b):
+                ids_a = ids_b = tuple(f"#{k}" for k in range(len(ids_a)))  # one side knows positions only
             where = {i: n for n, i in enumerate(ids_b)}
             shared = [(n, where[i]) for n, i in enumerate(ids_a) if i in where]
             if ids_a and ids_b and shared:
@@ -86,6 +93,11 @@ def _align(a: Mapping, b: Mapping) -> tuple[dict, dict]:
                 out_a.setdefault(seed, {})[lang] = np.asarray([va.mean()])
                 out_b.setdefault(seed, {})[lang] = np.asarray([vb.mean()])
     return out_a, out_b
+
+
+def _positional(ids: tuple) -> bool:
+    """Ids made from positions (a run that wrote no usable item ids, see ``_cell``)."""
+    return bool(ids) and all(i.startswith("#") for i in ids)
 
 
 def compare(a: Mapping, b: Mapping) -> stats.Comparison | None:

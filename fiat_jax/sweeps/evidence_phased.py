@@ -5,7 +5,9 @@
 
 One row per ordering: held-out response log-likelihood per token (nats; higher is better) with its bootstrap
 interval over seeds and items, Phased IFT (easy to hard) minus that ordering paired on (seed, item) with its
-interval and sign-flip p-value, and the win rate against the reference responses judged by the embedded
+interval and a seed-level p-value (a t-test on the per-seed mean differences: the training runs are the
+units, so a difference smaller than the spread between seeds is not called significant however many items
+each run scored), and the win rate against the reference responses judged by the embedded
 SmolLM2-135M-Instruct (secondary). Statistics are :mod:`fiat_jax.sweeps.stats`', the report's own.
 """
 
@@ -73,7 +75,7 @@ def phased_table(rows: Sequence[Mapping[str, Any]]) -> str:
         raise UserError(f"no {PHASED!r} runs with per-item {LL} scores in the results")
     n_items = len(next(iter(ll[PHASED].values()))["all"])
     n_judged = len(next(iter(win[PHASED].values()))["all"]) if PHASED in win else 0
-    header = ["Ordering", "log-lik / token [95% CI]", "Phased − this [95% CI]", "p"]
+    header = ["Ordering", "log-lik / token [95% CI]", "Phased − this [95% CI]", "p (seeds)"]
     header += [f"win rate vs reference, {n_judged} items [95% CI]"] if win else []
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for method in [m for m in ORDER if m in ll] + sorted(m for m in ll if m not in ORDER):
@@ -85,15 +87,18 @@ def phased_table(rows: Sequence[Mapping[str, Any]]) -> str:
             d = comp.diff
             diff = (f"{_signed(stats.format_number(d.mean, percent=False))} "
                     f"[{stats.format_number(d.low, percent=False)}, {stats.format_number(d.high, percent=False)}]")
-            p = stats.format_p(comp.p_value).replace("= ", "")
+            diff_cell = {s: {lang: np.asarray(ll[PHASED][s][lang]) - np.asarray(ll[method][s][lang])
+                             for lang in ll[PHASED][s]} for s in sorted(set(ll[PHASED]) & set(ll[method]))}
+            p = stats.format_p(stats.seed_level_p_value(diff_cell)).replace("= ", "")
         cells_ = [SHOWN.get(method, method), mean, diff, p]
         if win:
             cells_.append(_interval(stats.bootstrap_interval(win[method]), scale=100.0) if method in win else "–")
         lines.append("| " + " | ".join(cells_) + " |")
     lines.append("")
     lines.append(f"Log-likelihood per response token (nats, higher is better) of {n_items} held-out Alpaca-scored "
-                 f"validation items; {len(ll[PHASED])} seeds, paired on (seed, item); 95% bootstrap intervals, "
-                 f"two-sided sign-flip p.")
+                 f"validation items; {len(ll[PHASED])} seeds, paired on (seed, item); 95% bootstrap intervals over "
+                 f"seeds and items; p: two-sided t-test on the {len(ll[PHASED])} per-seed mean differences (seeds "
+                 f"are the units, so item-level noise cannot make a seed-level spread look significant).")
     if win:
         lines.append(f"Win rate: (wins + ties / 2) / n − 50 %, judged by SmolLM2-135M-Instruct in both orders "
                      f"(secondary: a 135M judge).")

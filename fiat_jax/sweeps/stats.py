@@ -221,6 +221,25 @@ def sign_flip_p_value(diff: Mapping[Any, Mapping[str, Any]], *, permutations: in
     return (hits + 1) / (permutations + 1)
 
 
+def seed_level_p_value(diff: Mapping[Any, Mapping[str, Any]]) -> float:
+    """Two-sided p of a one-sample t-test on the per-seed mean differences (seeds as the units, n - 1 df).
+
+    Why beside :func:`sign_flip_p_value`: flipping (seed, item) signs treats every item of every seed as an
+    independent draw, so a shift shared by all items of one training run (the seed's luck) counts hundreds of
+    times; when runs of the same method vary as much as the methods differ, that p is far too small. Here each
+    seed is one unit: the item-level noise is averaged away inside a seed and only the spread between seeds
+    tests the difference. NaN with fewer than 2 seeds; 0 when every seed shows the same non-zero difference."""
+    seeds, mats = _matrices(diff)
+    if len(seeds) < 2 or not mats:
+        return math.nan
+    per_seed = np.mean([m.mean(axis=1) for m in mats], axis=0)  # mean over items, then over languages
+    mean, sd = float(per_seed.mean()), float(per_seed.std(ddof=1))
+    if sd <= 1e-12 * max(1.0, abs(mean)):
+        return 1.0 if abs(mean) <= 1e-12 else 0.0
+    t = abs(mean) / (sd / math.sqrt(len(seeds)))
+    return max(0.0, 1.0 - t_two_sided_mass(t, len(seeds) - 1))
+
+
 def format_number(value: float, *, percent: bool) -> str:
     """One decimal for percentages; three significant digits (no exponent below 1e6) otherwise."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

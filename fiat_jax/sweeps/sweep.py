@@ -121,7 +121,8 @@ def plan(*, methods: Mapping[str, Any], grid: Mapping[str, Sequence[Any]] | None
          gin_axes: Mapping[str, Mapping[str, Sequence[str]]] | None = None, seeds: Sequence[int] = (0,),
          seed_binding: str = "SEED", base_gin_files: Sequence[str] = (), setup_gin_files: Sequence[str] = (),
          overlay_gin_files: Sequence[str] = (), bindings: Mapping[str, Any] | None = None,
-         subcommand: str | Sequence[str] = "run") -> list[RunSpec]:
+         subcommand: str | Sequence[str] = "run",
+         only: Mapping[str, Mapping[str, Sequence[Any]]] | None = None) -> list[RunSpec]:
     """Every run of the grid, in a stable order (methods, gin axes, binding axes in order, then seeds).
 
     ``gin_axes`` are axes whose values are gin files rather than bindings (e.g. model sizes:
@@ -129,7 +130,9 @@ def plan(*, methods: Mapping[str, Any], grid: Mapping[str, Sequence[Any]] | None
     the method's, and the value's name is recorded in the run's params. ``setup_gin_files`` (the task set-up:
     task, teacher, lengths) come right after the method's files so they override the method's defaults.
     ``overlay_gin_files`` come last of all
-    (e.g. ``runs/local_tiny.gin``, which must override whatever the method sets).
+    (e.g. ``runs/local_tiny.gin``, which must override whatever the method sets). ``only`` restricts a method
+    to some values of some axes (``{'Aug-FT (local)': {'MODEL': ['tiny']}}``: that method runs for the tiny
+    student only), so one sweep can hold a costly axis value with fewer methods than a cheap one.
     """
     if not methods:
         raise UserError("sweep.methods is empty: name at least one method (a list of gin files)")
@@ -149,6 +152,7 @@ def plan(*, methods: Mapping[str, Any], grid: Mapping[str, Sequence[Any]] | None
     clash = {seed_binding, "MODEL_DIR"} & (set(grid) | set(gin_axes)) | {"MODEL_DIR"} & {k for k, _ in fixed}
     if clash:
         raise UserError(f"sweep: {sorted(clash)} are set by the sweep itself; remove them from grid/bindings")
+    only = check_only(only, methods=methods, axes=[*gin_axes, *grid])
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}
     gin_points = list(itertools.product(*[list(values.items()) for values in gin_axes.values()]))
@@ -158,6 +162,8 @@ def plan(*, methods: Mapping[str, Any], grid: Mapping[str, Sequence[Any]] | None
             axis_files = [f for _, files in gin_point for f in ([files] if isinstance(files, str) else files)]
             params = {**{axis: value_name for axis, (value_name, _) in zip(gin_axes, gin_point)},
                       **dict(zip(grid, point))}
+            if any(params[axis] not in allowed for axis, allowed in only.get(name, {}).items()):
+                continue
             for seed in seeds:
                 run_bindings = fixed + method_bindings + list(dict(zip(grid, point)).items()) + [(seed_binding, seed)]
                 gin_files = (tuple(base_gin_files) + tuple(method_files) + tuple(setup_gin_files)
@@ -172,6 +178,25 @@ def plan(*, methods: Mapping[str, Any], grid: Mapping[str, Sequence[Any]] | None
                                     bindings=tuple(run_bindings), params={**params, seed_binding: seed},
                                     seed=int(seed), config_hash=digest))
     return runs
+
+
+def check_only(only: Mapping[str, Mapping[str, Sequence[Any]]] | None, *, methods: Mapping[str, Any],
+               axes: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
+    """``sweep.only`` as ``{method: {axis: [allowed values]}}``, every method and axis checked to exist (a typo
+    would otherwise silently run the whole grid)."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for name, restriction in dict(only or {}).items():
+        if name not in methods:
+            raise UserError(f"sweep.only names method {name!r}, not in sweep.methods {sorted(methods)}")
+        if not isinstance(restriction, Mapping) or not restriction:
+            raise UserError(f"sweep.only[{name!r}] must map axis names to lists of allowed values")
+        for axis, allowed in restriction.items():
+            if axis not in axes:
+                raise UserError(f"sweep.only[{name!r}] names axis {axis!r}, not a grid or gin axis {sorted(axes)}")
+            if isinstance(allowed, (str, bytes)) or not isinstance(allowed, Sequence) or not allowed:
+                raise UserError(f"sweep.only[{name!r}][{axis!r}] must be a non-empty list of values")
+        out[name] = {axis: list(allowed) for axis, allowed in restriction.items()}
+    return out
 
 
 def gin_flag(key: str, value: Any) -> str:
@@ -375,7 +400,8 @@ def sweep(*, sweep_dir: str = gin.REQUIRED, methods: Mapping[str, Any] = gin.REQ
           python: str | None = None,
           gin_search_paths: Sequence[str] = (), parallel: int = 1, timeout_s: float | None = None,
           env: Mapping[str, str] | None = None, name: str | None = None, dry_run: bool = False,
-          require_results_json: bool = False, progress: bool = True) -> SweepSummary:
+          require_results_json: bool = False, progress: bool = True,
+          only: Mapping[str, Mapping[str, Sequence[Any]]] | None = None) -> SweepSummary:
     """Run every missing run of the grid (``parallel`` at once) and append their rows to results.jsonl.
 
     Args:
@@ -399,6 +425,7 @@ def sweep(*, sweep_dir: str = gin.REQUIRED, methods: Mapping[str, Any] = gin.REQ
       dry_run: print the commands of the missing runs and run nothing.
       require_results_json: count a run as finished only if it wrote MODEL_DIR/results.json (not just
         metrics.jsonl evaluations); see docs/CONTRACTS.md, "Run results".
+      only: method name -> {axis: allowed values}: that method runs at those axis values only (see ``plan``).
 
     Raises UserError when a gin file is missing, the grid is malformed, or any run failed (after all ran).
     """
@@ -411,7 +438,7 @@ def sweep(*, sweep_dir: str = gin.REQUIRED, methods: Mapping[str, Any] = gin.REQ
     runs = plan(methods=methods, grid=grid, gin_axes=gin_axes, seeds=seeds, seed_binding=seed_binding,
                 base_gin_files=base_gin_files, setup_gin_files=setup_gin_files,
                 overlay_gin_files=overlay_gin_files, bindings=bindings,
-                subcommand=subcommand)
+                subcommand=subcommand, only=only)
     resolved = resolve_gin_files(runs, gin_search_paths)
     python = python or sys.executable
     if parallel < 1:
