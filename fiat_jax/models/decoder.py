@@ -159,18 +159,14 @@ class Decoder(nnx.Module):
             if positions is None:
                 positions = jnp.broadcast_to(slots, (b, t))
         new_cache: dict[str, Any] = {}
-        for i in range(self.config.num_layers):
-            layer = getattr(self, f"layers_{i}")
-            if cache is None and not deterministic:  # training: the layer's remat policy
-                x, _ = layers.remat_call(self.config.remat, lambda m, x, mask, pos: m(
-                    x, mask=mask, positions=pos, cache=None, cache_index=None, deterministic=False),
-                    layer, x, mask, positions)
-                continue
-            layer_cache = None if cache is None else cache[f"layers_{i}"]
-            x, lc = layer(x, mask=mask, positions=positions, cache=layer_cache, cache_index=index,
-                          deterministic=deterministic)
-            if cache is not None:
-                new_cache[f"layers_{i}"] = lc
+        stack = [getattr(self, f"layers_{i}") for i in range(self.config.num_layers)]
+        if cache is None:  # training and scoring: one scanned layer (layers.apply_layers), remat in training
+            x = layers.apply_layers(stack, lambda m, x, mask, pos: m(
+                x, mask=mask, positions=pos, cache=None, cache_index=None, deterministic=deterministic)[0],
+                x, mask, positions, remat=self.config.remat, training=not deterministic)
+        for i, layer in enumerate(stack if cache is not None else ()):
+            x, new_cache[f"layers_{i}"] = layer(x, mask=mask, positions=positions, cache=cache[f"layers_{i}"],
+                                                cache_index=index, deterministic=deterministic)
         x = self.decoder_norm(x)
         x = self.dropout(x, deterministic=deterministic)
         out = self.logits_from_hidden(x, deterministic=deterministic) if head else x

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -347,6 +348,43 @@ def remat_call(remat: str, fn: Callable[..., Any], module: nnx.Module, *args: Ar
     if check_remat(remat) == "none":
         return fn(module, *args)
     return nnx.remat(fn, policy=REMAT_POLICIES[remat], prevent_cse=True)(module, *args)
+
+
+def draws_random_numbers(module: nnx.Module) -> bool:
+    """Whether ``module`` holds a dropout that is active in training (it advances the shared RNG state)."""
+    return any(isinstance(m, nnx.Dropout) and m.rate > 0 for _, m in nnx.iter_graph(module))
+
+
+def scan_enabled() -> bool:
+    """``FIAT_JAX_SCAN_LAYERS=0`` turns the layer scan off (to compare it with the unrolled loop)."""
+    return os.environ.get("FIAT_JAX_SCAN_LAYERS", "1") != "0"
+
+
+def apply_layers(stack: Sequence[nnx.Module], fn: Callable[..., Array], x: Array, *args: Array, remat: str,
+                 training: bool) -> Array:
+    """``x = fn(layer, x, *args)`` for each layer of ``stack`` in order, rematerialised per ``remat`` in training.
+
+    Why one ``jax.lax.scan`` over the layers: XLA then compiles one layer instead of all of them, and the cold
+    compile of a 30-layer model is most of a short sweep run's time. The parameter tree stays per layer
+    (``layers_{i}``: what checkpoints, LoRA regexes and exports name); the layers' parameters are stacked inside
+    the program. The unrolled loop is kept where a scan cannot stand in: layers that differ in structure (LoRA on
+    some layers only) and training with dropout (a scan body cannot advance the layers' own RNG state).
+    """
+    remat = check_remat(remat) if training else "none"
+    split = [nnx.split(m, nnx.Param, ...) for m in stack] if len(stack) > 1 and scan_enabled() else []
+    if split and all(s[0] == split[0][0] for s in split) and not (training and draws_random_numbers(stack[0])):
+        graphdef, rest = split[0][0], split[0][2]
+
+        def body(carry: Array, params: Any) -> tuple[Array, None]:
+            return fn(nnx.merge(graphdef, params, rest), carry, *args), None
+
+        if remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[s[1] for s in split])
+        return jax.lax.scan(body, x, stacked)[0]
+    for layer in stack:
+        x = remat_call(remat, fn, layer, x, *args)
+    return x
 
 
 # -- pieces the decoder and T5 build the same way ---------------------------------------------------------------

@@ -126,11 +126,9 @@ class Encoder(nnx.Module):
         t = x.shape[1]
         bias = self.relpos_bias(jnp.arange(t), jnp.arange(t))
         x = self.dropout(x, deterministic=deterministic)
-        remat = "none" if deterministic else self.remat
-        for i in range(self.num_layers):
-            x = layers.remat_call(remat, lambda m, x, mask, bias: m(x, mask=mask, bias=bias,
-                                                                    deterministic=deterministic),
-                                  getattr(self, f"layers_{i}"), x, mask, bias)
+        x = layers.apply_layers([getattr(self, f"layers_{i}") for i in range(self.num_layers)],
+                                lambda m, x, mask, bias: m(x, mask=mask, bias=bias, deterministic=deterministic),
+                                x, mask, bias, remat=self.remat, training=not deterministic)
         return self.dropout(self.encoder_norm(x), deterministic=deterministic)
 
 
@@ -230,20 +228,18 @@ class EncoderDecoder(nnx.Module):
             ev = cache["encoder_valid"]
             cross_mask = jnp.broadcast_to(ev[:, None, None, :], (b, 1, t, ev.shape[1]))
         new_cache: dict[str, Any] = {}
-        for i in range(c.num_decoder_layers):
-            lc = None if cache is None else cache[f"layers_{i}"]
-            cross_kv = None if lc is None else (lc["cross_k"], lc["cross_v"])
-            self_cache = None if lc is None else {"k": lc["k"], "v": lc["v"]}
-            if cache is None and not deterministic:  # training: the layer's remat policy
-                x, nc = layers.remat_call(c.remat, lambda m, x, enc, sm, b, cm: m(
-                    x, enc, self_mask=sm, bias=b, cross_mask=cm, cross_kv=None, cache=None, cache_index=None,
-                    deterministic=False), getattr(dec, f"layers_{i}"), x, encoded, self_mask, bias, cross_mask)
-            else:
-                x, nc = getattr(dec, f"layers_{i}")(x, encoded, self_mask=self_mask, bias=bias,
-                                                    cross_mask=cross_mask, cross_kv=cross_kv, cache=self_cache,
-                                                    cache_index=index, deterministic=deterministic)
-            if cache is not None:
-                new_cache[f"layers_{i}"] = {**lc, **nc}
+        stack = [getattr(dec, f"layers_{i}") for i in range(c.num_decoder_layers)]
+        if cache is None:  # training and scoring: one scanned layer (layers.apply_layers), remat in training
+            x = layers.apply_layers(stack, lambda m, x, enc, sm, b, cm: m(
+                x, enc, self_mask=sm, bias=b, cross_mask=cm, cross_kv=None, cache=None, cache_index=None,
+                deterministic=deterministic)[0], x, encoded, self_mask, bias, cross_mask, remat=c.remat,
+                training=not deterministic)
+        for i, layer in enumerate(stack if cache is not None else ()):
+            lc = cache[f"layers_{i}"]
+            x, nc = layer(x, encoded, self_mask=self_mask, bias=bias, cross_mask=cross_mask,
+                          cross_kv=(lc["cross_k"], lc["cross_v"]), cache={"k": lc["k"], "v": lc["v"]},
+                          cache_index=index, deterministic=deterministic)
+            new_cache[f"layers_{i}"] = {**lc, **nc}
         x = dec.dropout(dec.decoder_norm(x), deterministic=deterministic)
         out = self.logits_from_hidden(x, deterministic=deterministic) if head else x
         if cache is None:
