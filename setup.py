@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "sentencepiece==0.2.3",
     "clu==0.0.12",
     "numpy==2.4.6",
+    "scipy==1.17.1",  # sweeps/stats.py (Student-t); jax needs it too
     "protobuf==7.36.2",
     "gguf==0.19.0",
     "tokenizers==0.23.3",

@@ -1,6 +1,6 @@
 """Statistics of a sweep report: bootstrap intervals over seeds and items, paired comparisons with a
-permutation test (numpy, seeded), number formatting; and the exact Student-t quantile (kept for callers that
-want a parametric interval over seeds: with 2-5 seeds t(1) = 12.7 vs 1.96, so the exact quantile matters).
+permutation test (numpy, seeded), number formatting; and Student-t intervals and tests over seeds (scipy: with
+2-5 seeds t(1) = 12.7 vs 1.96, so the exact quantile matters).
 """
 
 from __future__ import annotations
@@ -11,47 +11,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
-
-def t_two_sided_mass(t: float, df: int) -> float:
-    """P(|T| <= t) for Student's t with ``df`` degrees of freedom (closed form for integer df)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if t <= 0:
-        return 0.0
-    theta = math.atan(t / math.sqrt(df))
-    s, c = math.sin(theta), math.cos(theta)
-    if df % 2 == 1:
-        total, term = 0.0, c
-        if df > 1:
-            total = term
-            for k in range(3, df - 1, 2):  # c + (2/3) c^3 + (2*4)/(3*5) c^5 + ... up to c^(df-2)
-                term *= c * c * (k - 1) / k
-                total += term
-        return (2 / math.pi) * (theta + s * total)
-    total, term = 1.0, 1.0
-    for k in range(2, df - 1, 2):  # 1 + (1/2) c^2 + (1*3)/(2*4) c^4 + ... up to c^(df-2)
-        term *= c * c * (k - 1) / k
-        total += term
-    return s * total
+import scipy.stats
 
 
 def t_quantile(confidence: float, df: int) -> float:
     """The t with ``P(|T| <= t) = confidence`` (e.g. 12.706 for 0.95 and df=1, 2.262 for df=9)."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    lo, hi = 0.0, 1.0
-    while t_two_sided_mass(hi, df) < confidence:
-        hi *= 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if t_two_sided_mass(mid, df) < confidence:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return (lo + hi) / 2
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return float(scipy.stats.t.ppf(0.5 + confidence / 2, df))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,8 +205,7 @@ def seed_level_p_value(diff: Mapping[Any, Mapping[str, Any]]) -> float:
     mean, sd = float(per_seed.mean()), float(per_seed.std(ddof=1))
     if sd <= 1e-12 * max(1.0, abs(mean)):
         return 1.0 if abs(mean) <= 1e-12 else 0.0
-    t = abs(mean) / (sd / math.sqrt(len(seeds)))
-    return max(0.0, 1.0 - t_two_sided_mass(t, len(seeds) - 1))
+    return float(scipy.stats.ttest_1samp(per_seed, 0.0).pvalue)
 
 
 def format_number(value: float, *, percent: bool) -> str:
