@@ -200,3 +200,29 @@ def test_sorted_predictions_equal_the_unsorted_ones():
     sorted_out = runner._predict_sorted(_Dataset(), eos_id=1)
     plain = runner._run(_Dataset(), runner._predict_rows, eos_id=1)
     assert sorted_out == plain and len(plain) == len(examples)
+
+
+def test_prediction_rows_carry_the_example_ids_and_pair_by_them(tmp_path):
+    """The evaluator's predictions file names each row by its example's id, and results.item_scores keeps those
+    ids (plus target digests) so the report pairs two runs item by item, not by position."""
+    import json
+
+    import seqio
+
+    from fiat_jax.data import examples, metrics
+    from fiat_jax.methods import results
+
+    rows = [{"id": f"item/{i}", "inputs": f"word {i}", "targets": "yes" if i % 2 else "no"} for i in range(6)]
+    name = "ids_in_predictions"
+    examples.register_examples_task(name, {"validation": rows}, metric_fns=[metrics.accuracy],
+                                    vocabulary=seqio.ByteVocabulary())
+    model = build_model(config=DecoderConfig(vocab_size=260, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                                             head_dim=8, mlp_dim=64, rope_theta=10000.0), seed=0)
+    run = tmp_path / "run"
+    out = evaluator.evaluate_model(model, mixture_or_task_name=name, task_feature_lengths={"inputs": 16,
+                                   "targets": 4}, batch_size=4, step=0, predictions_dir=run / "predictions")
+    written = [json.loads(line) for line in (run / "predictions" / f"{name}-0.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in written] == [r["id"] for r in rows]
+    scores = results.item_scores(str(run), {name: {"accuracy": out[f"{name}/accuracy"]}})
+    entry = scores[name]["accuracy"]
+    assert entry["ids"] == [r["id"] for r in rows] and len(entry["targets"]) == len(rows)

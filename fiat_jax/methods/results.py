@@ -135,7 +135,7 @@ def _parameters(fn: Any) -> set[str]:
 def item_scores(model_dir: str, metrics: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
     """``{task: {metric: {"ids": [...], "targets": [...], "values": [...]}}}`` for every metric whose per-item
     scores (from the run's predictions files) average to the reported value; others are left out (the report
-    then resamples seeds only and says so). ``targets`` are short digests, to align items of runs without ids."""
+    then resamples seeds only and says so). ``targets`` are short digests, to align items with runs without ids."""
     out: dict[str, Any] = {}
     for task, reported in metrics.items():
         for path in _prediction_files(model_dir, task):
@@ -155,8 +155,8 @@ def item_scores(model_dir: str, metrics: Mapping[str, Mapping[str, float]]) -> d
                 mean = math.fsum(values) / len(values)
                 for scale in (1.0, 100.0):
                     if math.isclose(mean * scale, float(reported[name]), rel_tol=1e-6, abs_tol=1e-6):
-                        unique_ids = all(ids) and len(set(ids)) == len(ids)  # then targets add nothing
-                        item_targets = targets if len(targets) == len(values) and not unique_ids else []
+                        # target digests beside the ids: a run of this item set without ids still pairs
+                        item_targets = targets if len(targets) == len(values) else []
                         out.setdefault(task, {})[name] = {"ids": ids, "targets": item_targets,
                                                           "values": [v * scale for v in values]}
                         break

@@ -336,7 +336,8 @@ def _eos_id(task: Any) -> int:
 
 def _write_predictions(evaluator: Any, runner: ModelRunner, out_dir: pathlib.Path, step: int | None, *,
                        with_scores: bool = True) -> None:
-    """One JSONL per task: input, target, prediction (decoded + postprocessed), score."""
+    """One JSONL per task: id (when the task's examples carry one), input, target, prediction (decoded +
+    postprocessed), score."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for task in evaluator.eval_tasks:
         ds = evaluator._cached_model_datasets[task.name]  # noqa: SLF001 (seqio has no getter)
@@ -353,9 +354,11 @@ def _write_predictions(evaluator: Any, runner: ModelRunner, out_dir: pathlib.Pat
                 text_in = raw_in.decode() if isinstance(raw_in, bytes) else (
                     in_vocab.decode(list(ex["inputs"])) if "inputs" in ex else "")
                 prediction = task.postprocess_fn(vocab.decode(tokens[idx]), example=ex, is_target=False)
-                fh.write(json.dumps({"input": _jsonable(text_in), "target": _jsonable(targets[idx]),
-                                     "prediction": _jsonable(prediction),
-                                     "score": None if scores is None else scores[idx]}) + "\n")
+                row = {"input": _jsonable(text_in), "target": _jsonable(targets[idx]),
+                       "prediction": _jsonable(prediction), "score": None if scores is None else scores[idx]}
+                if "id" in ex:  # the example's own id (kept by the task's preprocessors): pairs runs item by item
+                    row = {"id": _jsonable(ex["id"]), **row}
+                fh.write(json.dumps(row) + "\n")
 
 
 def _jsonable(x: Any) -> Any:
