@@ -50,3 +50,24 @@ def test_unknown_remat_policy_is_a_user_error():
         DecoderConfig(remat="everything")
     with pytest.raises(UserError, match="remat"):
         T5Config(remat="dots")
+
+
+@pytest.mark.parametrize("cfg", [DEC, T5], ids=["decoder", "t5"])
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_layer_scan_gives_the_unrolled_loss_and_gradients(cfg, remat, monkeypatch):
+    """FIAT_JAX_SCAN_LAYERS=1 runs the layers as one jax.lax.scan (a while loop in the program) with the same
+    maths as the unrolled loop."""
+    cfg = dataclasses.replace(cfg, remat=remat)
+    rng = np.random.default_rng(1)
+    batch = {"decoder_input_tokens": jnp.asarray(rng.integers(1, 50, (2, 6)), jnp.int32),
+             "encoder_input_tokens": jnp.asarray(rng.integers(1, 50, (2, 5)), jnp.int32)}
+    monkeypatch.setenv("FIAT_JAX_SCAN_LAYERS", "0")
+    want_v, want_g = _value_and_grads(cfg, batch)
+    monkeypatch.setenv("FIAT_JAX_SCAN_LAYERS", "1")
+    v, g = _value_and_grads(cfg, batch)
+    np.testing.assert_allclose(v, want_v, rtol=1e-5)
+    for a, b in zip(g, want_g):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    model = build_model(config=cfg, seed=0)
+    hlo = jax.jit(lambda b: model.logits_from_batch(b)).lower(batch).as_text()
+    assert "while" in hlo
