@@ -118,6 +118,9 @@ def score_rows_and_tokens(model: Any, rows: Sequence[Mapping[str, Any]], *, task
                           use_cached=False)
     ds = converter(ds, dict(task_feature_lengths))
     feats = list(ds.as_numpy_iterator())
+    prefixed = _score_with_shared_prefix(model, feats, batch_size=batch_size)
+    if prefixed is not None:
+        return prefixed
     graphdef, state = nnx.split(model)
 
     @functools.partial(jax.jit, static_argnames="max_positions")
@@ -144,6 +147,37 @@ def score_rows_and_tokens(model: Any, rows: Sequence[Mapping[str, Any]], *, task
         sums.extend(float(x) for x in np.asarray(scores)[:len(chunk)])
         tokens.extend(int(x) for x in np.count_nonzero(batch["decoder_loss_weights"][:len(chunk)], axis=-1))
     return sums, tokens
+
+
+def _score_with_shared_prefix(model: Any, feats: Sequence[Mapping[str, np.ndarray]], *, batch_size: int
+                              ) -> tuple[list[float], list[int]] | None:
+    """The rows' scores with their common prefix computed once (``decoding.score_shared_prefix``), or None when
+    they have none worth it (or the model has no KV cache, or prepends a soft prompt). Why: ICL with the documents
+    in context scores every probe option after the same long document; the full pass recomputes it per row."""
+    # lazy: JAX loads only when a run computes, not when gin configs or the CLI import this module
+    from fiat_jax.models import decoding
+
+    if getattr(model, "model_kind", "decoder") != "decoder" or not hasattr(model, "init_cache") \
+            or getattr(model, "prompt_length", 0):
+        return None
+    whole = {k: np.stack([f[k] for f in feats]) for k in feats[0]}
+    found = decoding.shared_prefix(whole)
+    if found is None:
+        return None
+    first, r = found
+    weights = whole["decoder_loss_weights"] > 0
+    last = int(weights.shape[1] - np.argmax(weights[:, ::-1], axis=1).min())  # one past the last loss position
+    length = decoding.bucket_size(max(last - r, 1))
+    sums: list[float] = []
+    for start in range(0, len(feats), batch_size):
+        chunk = {k: v[start:start + batch_size] for k, v in whole.items()}
+        pad = batch_size - len(chunk["decoder_loss_weights"])
+        if pad:  # padding rows: the shared prefix and no loss
+            chunk = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0) * (k != "decoder_loss_weights")])
+                     for k, v in chunk.items()}
+        scores = decoding.score_shared_prefix(model, chunk, first=first, r=r, length=length)
+        sums.extend(float(x) for x in scores[:batch_size - pad])
+    return sums, [int(x) for x in np.count_nonzero(whole["decoder_loss_weights"], axis=-1)]
 
 
 @contextlib.contextmanager

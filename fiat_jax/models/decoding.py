@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -320,3 +320,67 @@ def score(model: Any, prompts: TokenRows, targets: TokenRows, *, prefix_bidirect
                        else (jnp.asarray(positions), jnp.asarray(real))),
                      prefix_bidirectional=prefix_bidirectional)
     return np.asarray(out)[:n]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring many continuations of one shared prefix (ICL with documents in context: every probe after one document)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "first"))
+def _score_shared_prefix_jit(graphdef: nnx.GraphDef, state: Any, prefix: Array, prefix_causal: Array, chunk: Array,
+                             chunk_causal: Array, targets: Array, weights: Array, *, first: int) -> Array:
+    """Per-row sums ``[B]`` of ``weights * log p(targets)``: the shared ``prefix [1, R]`` runs once into a KV cache,
+    which every row's ``chunk [B, T]`` (its tokens after the prefix) then attends to. ``targets``/``weights``
+    ``[B, R - first + T]`` are aligned with positions ``first .. R + T - 1``."""
+    model = nnx.merge(graphdef, state)
+    b, t = chunk.shape
+    r = prefix.shape[1]
+    cache = model.init_cache(1, r + t)
+    prefix_hidden, cache = model(prefix, causal_attention=prefix_causal, cache=cache, head=False)
+    cache = jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape[1:]) if a.ndim else a, cache)
+    chunk_hidden, _ = model(chunk, causal_attention=chunk_causal, cache=cache, head=False)
+    shared = jnp.broadcast_to(prefix_hidden[:, first:], (b, r - first, prefix_hidden.shape[-1]))
+    hidden = jnp.concatenate([shared, chunk_hidden], axis=1)
+    logp = jax.nn.log_softmax(model.logits_from_hidden(hidden).astype(jnp.float32), axis=-1)
+    tok = jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return jnp.sum(tok * weights, axis=-1)
+
+
+def shared_prefix(batch: Mapping[str, np.ndarray], *, minimum: int = 64) -> tuple[int, int] | None:
+    """``(first, r)`` when every row of a prefix-LM batch (``decoder_*`` features, no packing) has the same first
+    ``r`` input tokens (and causal-attention flags) and no loss before position ``first``: ``r`` spans the
+    bidirectional prefix too, so the shared tokens see exactly what they see in the full pass. None when rows
+    differ there or ``r < minimum`` (too short to be worth a second program)."""
+    weights = np.asarray(batch["decoder_loss_weights"]) > 0
+    if not weights.any(axis=1).all() or "decoder_segment_ids" in batch:
+        return None
+    first = int(weights.argmax(axis=1).min())
+    causal = batch.get("decoder_causal_attention")
+    span = int(np.asarray(causal).sum(axis=1).max()) if causal is not None else 0
+    r = max(first, span)
+    tokens = np.asarray(batch["decoder_input_tokens"])
+    if r < minimum or r >= tokens.shape[1] or not (tokens[:, :r] == tokens[:1, :r]).all():
+        return None
+    if causal is not None and not (np.asarray(causal)[:, :r] == np.asarray(causal)[:1, :r]).all():
+        return None
+    return first, r
+
+
+def score_shared_prefix(model: Any, batch: Mapping[str, np.ndarray], *, first: int, r: int, length: int) -> np.ndarray:
+    """:func:`shared_prefix`'s batch scored with the prefix computed once (``_score_shared_prefix_jit``); each row's
+    tokens after the prefix padded to ``length`` (one program for every batch of a call). Equals the full pass
+    (``tests/test_models_shared_prefix.py``)."""
+    tokens = np.asarray(batch["decoder_input_tokens"])
+    causal = np.asarray(batch.get("decoder_causal_attention", np.zeros_like(tokens)))
+
+    def cut(a: np.ndarray, start: int, stop: int) -> np.ndarray:
+        a = np.asarray(a)[:, start:stop]
+        return np.pad(a, ((0, 0), (0, stop - start - a.shape[1])))
+
+    graphdef, state = nnx.split(model)
+    out = _score_shared_prefix_jit(
+        graphdef, state, jnp.asarray(tokens[:1, :r]), jnp.asarray(causal[:1, :r], bool),
+        jnp.asarray(cut(tokens, r, r + length)), jnp.asarray(cut(causal, r, r + length), bool),
+        jnp.asarray(cut(batch["decoder_target_tokens"], first, r + length)),
+        jnp.asarray(cut(batch["decoder_loss_weights"], first, r + length), jnp.float32), first=first)
+    return np.asarray(out)
