@@ -116,3 +116,44 @@ def test_reversal_plain_ft_near_chance_augmented_ft_above(tmp_path):
         entry = res["item_scores"]["synthetic_facts_en"][name]
         assert set(entry["values"]) <= {0.0, 100.0} and len(set(entry["ids"])) == len(entry["values"])
         assert sum(entry["values"]) / len(entry["values"]) == pytest.approx(res["metrics"]["synthetic_facts_en"][name])
+
+
+def test_icl_only_scores_the_untrained_student_with_the_documents_in_context(tmp_path):
+    """ICL as a method of its own: nothing trained or asked of a teacher, every document before every probe (the
+    inputs length grows to hold them), per-item scores in results.json for the paired report."""
+    import functools
+
+    from fiat_jax.models import build_model
+    from fiat_jax.models.decoder import DecoderConfig
+
+    cfg = DecoderConfig(vocab_size=259, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                        mlp_dim=64, rope_theta=10000.0, max_length=1024)
+    world = dict(num_chains=2, num_comparisons=2, num_members=0, num_categories=1, facts_per_document=8)
+    spec = StudentSpec(task_feature_lengths={"inputs": 4, "targets": 48}, eval_batch_size=8,
+                       model_factory=functools.partial(build_model, config=cfg))
+    try:
+        out = A.augmented_finetune_method(model_dir=str(tmp_path), student=spec, icl_only=True,
+                                          teacher=A.RuleBasedAugmenter("en"), **world)
+    finally:
+        MH.cleanup_registry()
+    data = synthetic.generate(seed=0, languages=("en",), **world)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["method"] == "augmented_icl" and res["tokens_seen"] == 0 and res["teacher"] is None
+    assert set(out["synthetic_facts_en"]) >= {"accuracy", "accuracy_reversal"}
+    rows = [json.loads(x) for x in (tmp_path / "predictions" / "synthetic_facts_en-mc.jsonl").read_text().splitlines()]
+    assert len(rows) == sum(len(i["options"]) for i in data.items)
+    assert rows[0]["inputs"].startswith(data.documents[0]["text"][:40])  # the documents are in context
+    assert len(res["item_scores"]["synthetic_facts_en"]["accuracy"]["values"]) == len(data.items)
+    assert not (tmp_path / "student").exists() and not (tmp_path / "augmentations").exists()
+
+
+def test_context_room_grows_the_inputs_within_the_model_context(caplog):
+    from types import SimpleNamespace
+
+    spec = StudentSpec(task_feature_lengths={"inputs": 4, "targets": 24})
+    context = "Ann is the parent of Bo. " * 20  # 500 characters: 500 byte tokens
+    roomy = A.with_context_room(spec, context, SimpleNamespace(config=SimpleNamespace(max_length=8192)))
+    assert roomy.task_feature_lengths == {"inputs": 640, "targets": 24}  # 500 + prefix + 2, in steps of 128
+    tight = A.with_context_room(spec, context, SimpleNamespace(config=SimpleNamespace(max_length=256)))
+    assert tight.task_feature_lengths["inputs"] == 232 and "cut to 232" in caplog.text
+    assert A.with_context_room(roomy, context, None) is roomy

@@ -296,17 +296,68 @@ def probe_accuracy(model: Any, items: Sequence[Mapping[str, Any]], spec: Student
     return {k: 100.0 * v for k, v in mc_accuracy(items, scores).items()}
 
 
+def documents_context(source: TrainingSource) -> str:
+    """Every training document, in order: the context of ICL with the documents in context."""
+    return " ".join(d["text"] for d in source.documents)
+
+
+def with_context_room(spec: StudentSpec, context: str, model: Any) -> StudentSpec:
+    """``spec`` with an ``inputs`` length that holds ``context`` and the prefix (training rows are short, so the
+    training length would cut the documents off), in steps of 128 tokens, within the model's context length
+    (beyond it the documents are cut, with a warning)."""
+    # lazy: the vocabulary (a tokenizer) loads only when a run computes
+    from fiat_jax.data.vocab import get_vocabulary
+
+    lengths = dict(spec.task_feature_lengths or {})
+    needed = len(get_vocabulary().encode(f"{context}\n\n{DOC_PREFIX}")) + 2  # + EOS, + the start token
+    if lengths.get("inputs", 0) >= needed:
+        return spec
+    inputs = -(-needed // 128) * 128
+    config = getattr(model, "config", None)
+    limit = next((int(getattr(config, k)) for k in ("max_length", "max_len") if getattr(config, k, None)), None)
+    if limit is not None and inputs + lengths.get("targets", 0) > limit:
+        inputs = max(limit - lengths.get("targets", 0), lengths.get("inputs", 0))
+        _log.warning("ICL with the documents in context: the documents need %d input tokens, the student's context "
+                     "holds %d: they are cut to %d", needed, limit, inputs)
+    return dataclasses.replace(spec, task_feature_lengths={**lengths, "inputs": inputs})
+
+
+def icl_probe_accuracy(model: Any, source: TrainingSource, spec: StudentSpec, *,
+                       predictions_path: str | None = None) -> dict[str, float]:
+    """Probe accuracy of ``model`` with every training document in context (the prefix is shared by every
+    option, so it is computed once: ``student.score_rows``)."""
+    context = documents_context(source)
+    return probe_accuracy(model, source.items, with_context_room(spec, context, model), context=context,
+                          predictions_path=predictions_path)
+
+
 def icl_baseline_accuracy(result: Any, source: TrainingSource, spec: StudentSpec) -> dict[str, float]:
     """The student as it was before fine-tuning (``result.initial_trainable``) with every training document in
-    context: ``icl_accuracy*`` (the spec's ``inputs`` length must hold the documents, else they are truncated)."""
+    context: ``icl_accuracy*``."""
     # lazy: flax/JAX load only when a run computes, not when gin configs or the CLI import this module
     from flax import nnx
 
     base = nnx.clone(result.model)
     if result.initial_trainable is not None:
         nnx.update(base, result.initial_trainable)
-    context = " ".join(d["text"] for d in source.documents)
-    return {f"icl_{k}": v for k, v in probe_accuracy(base, source.items, spec, context=context).items()}
+    return {f"icl_{k}": v for k, v in icl_probe_accuracy(base, source, spec).items()}
+
+
+def icl_only_run(*, model_dir: str, source: TrainingSource, spec: StudentSpec, write_results: bool,
+                 num_train_examples: int | None) -> dict[str, dict[str, float]]:
+    """ICL with the documents in context as a method of its own (the paper's in-context baseline): the student
+    untrained, every document before every probe; nothing is trained or augmented."""
+    if not source.items:
+        raise UserError("augmented fine-tuning: icl_only needs probe items to score (a probes file)")
+    model = spec.build()
+    metrics = {source.task: icl_probe_accuracy(model, source, spec, predictions_path=os.path.join(
+        model_dir, "predictions", f"{source.task}-mc.jsonl"))}
+    if write_results:
+        results_lib.write_results(model_dir, metrics=metrics, method="augmented_icl", local=False, global_=False,
+                                  sentence_split=None, teacher=None, num_train_examples=len(source.documents),
+                                  num_train_examples_requested=num_train_examples, tokens_seen=0, params_trained=0,
+                                  params_total=student_lib.count_params(model))
+    return metrics
 
 
 @gin.configurable
@@ -315,13 +366,24 @@ def augmented_finetune_method(*, model_dir: str, student: StudentSpec | None = N
                               local: bool = True, global_: bool = True, sentence_split: str | None = "independent",
                               split_documents: bool = True, icl_baseline: bool = False, max_new_tokens: int = 128,
                               write_results: bool = True, documents_file: str | None = None,
-                              probes_file: str | None = None, **generate_overrides: Any) -> dict[str, dict[str, float]]:
+                              probes_file: str | None = None, icl_only: bool = False,
+                              **generate_overrides: Any) -> dict[str, dict[str, float]]:
     """Fine-tune ``student`` (default: the gin-bound ``StudentSpec()``) on the documents of
     :func:`training_source` (the synthetic facts of ``language``, or ``documents_file`` + ``probes_file``) plus
     their augmentations (``local``/``global_`` need a ``teacher``; ``sentence_split``; ``split_documents``: train on
     sentences), then score every probe's options by likelihood (accuracy overall and per kind). ``icl_baseline``
-    also scores the student before fine-tuning with every training document in context. Plain fine-tuning is
+    also scores the student before fine-tuning with every training document in context; ``icl_only`` does only
+    that (no augmentation, no training: ICL as a method of its own). Plain fine-tuning is
     ``local=False, global_=False, sentence_split=None``; without probes nothing is scored."""
+    if icl_only:
+        spec = student or StudentSpec()
+        if not spec.has_model():
+            raise UserError("augmented ICL: missing the student model (bind StudentSpec.model_factory)")
+        source = training_source(documents_file=documents_file, probes_file=probes_file, language=language,
+                                 synthetic_seed=synthetic_seed, num_train_examples=num_train_examples,
+                                 generate_overrides=generate_overrides)
+        return icl_only_run(model_dir=model_dir, source=source, spec=spec, write_results=write_results,
+                            num_train_examples=num_train_examples)
     if (local or global_) and teacher is None:
         raise UserError("augmented fine-tuning: missing teacher for local/global augmentation "
                         "(bind augmented_finetune_method.teacher, or set local and global_ to False)")

@@ -20,6 +20,7 @@ from fiat_jax.data.examples import examples_task
 from fiat_jax.errors import UserError
 from fiat_jax.methods.common import metric_spec, require
 from fiat_jax.train import evaluator, input_pipeline, losses
+from fiat_jax.train import state as train_state
 from fiat_jax.train import trainer as trainer_lib
 
 
@@ -81,6 +82,17 @@ class StudentSpec:
         if self.task_feature_lengths is not None:
             kwargs["task_feature_lengths"] = dict(self.task_feature_lengths)
         return kwargs
+
+    def build(self, *, seed: int = 0) -> Any:
+        """The student as training would start from it (weights loaded, PEFT applied), untrained: for methods
+        that only score it (ICL with the documents in context)."""
+        fn = self.train_fn
+        factory = self.model_factory if self.model_factory is not None else (
+            fn.keywords.get("model_factory") if isinstance(fn, functools.partial) else None)
+        if factory is None:
+            raise UserError("student: missing the student model (bind StudentSpec.model_factory)")
+        return train_state.build_model(factory, seed=seed, mesh=None, initial_params=self.initial_params,
+                                       model_transform=self.model_transform)
 
     def train(self, *, model_dir: str, name: str, train_rows: Sequence[Mapping[str, Any]],
               **overrides: Any) -> Any:
