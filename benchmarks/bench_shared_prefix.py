@@ -6,7 +6,7 @@ Workload: the embedded SmolLM2-135M-Instruct and its tokenizer, one synthetic-fa
 (one document of 46 facts, about 600 tokens), ``--items`` of its probe items x 4 options, batch 16. Both paths in
 this process, after one warm-up call each (compiles excluded); the scores must agree (printed max difference).
 
-python benchmarks/bench_shared_prefix.py [--quick] [--items 12]
+python benchmarks/bench_shared_prefix.py [--quick] [--items 4]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def measure(*, items: int, facts: int) -> dict:
 
 
 def run(*, quick: bool = False, items: int | None = None) -> list[BenchResult]:
-    r = measure(items=items or (4 if quick else 12), facts=12 if quick else 46)
+    r = measure(items=items or (2 if quick else 4), facts=12 if quick else 46)
     print(f"  {r['rows']} options after a {r['context_tokens']}-token document: shared prefix {r['shared_s']:.1f} s, "
           f"full pass {r['full_s']:.1f} s; max score difference {r['max_abs_diff']:.2g}", flush=True)
     detail = {k: v for k, v in r.items() if not k.endswith("_scores")}
