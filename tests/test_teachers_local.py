@@ -100,3 +100,31 @@ def test_budgeted_batches_give_the_same_replies(tiny):
     prompts = ["a b c", "d", "e f g h i j k l m n o p q r s t", "u v", "w x y z a b c d e", "f"]
     assert budgeted.generate(prompts, max_new_tokens=5) == single.generate(prompts, max_new_tokens=5)
     assert budgeted.decode_s > 0 and budgeted.generated_tokens > 0
+
+
+def test_teach_with_a_local_teacher_reports_its_compile_share(tiny, tmp_path, capsys):
+    """`fiat teach` says how much of its wall time was compiling (the rest: decoding), in <split>.timing.json and
+    one stderr line, so a teacher run bound by compiles is visible."""
+    import json
+
+    import seqio
+
+    from fiat_jax.data.examples import register_examples_task
+    from fiat_jax.teachers.teach import teach
+
+    name = "teachtiming_en"
+    rows = [{"id": f"q{i}", "inputs": f"What is {i} + {i}?", "targets": str(2 * i)} for i in range(6)]
+    register_examples_task(name, {"train": rows}, vocabulary=seqio.ByteVocabulary())
+    teacher = _teacher(tiny, batch_size=4)
+    from fiat_jax.models import decoding
+
+    decoding._generate_jit.clear_cache()  # other tests of this module compiled the same shapes in this process
+    try:
+        summary = teach(teacher=teacher, recipe="fiat_reasoning", task=name, output_dir=str(tmp_path),
+                        progress=False, max_new_tokens=8, fail_on_failures=False)
+    finally:
+        seqio.TaskRegistry.remove(name)
+    timing = json.loads((tmp_path / name / "train.timing.json").read_text())
+    assert timing["items"] == summary.written > 0 and timing["wall_s"] > 0
+    assert 0.0 < timing["share"] <= 1.0 and timing["requests"] >= 1  # a cold process compiles the decode loop
+    assert "of it compiling" in capsys.readouterr().err

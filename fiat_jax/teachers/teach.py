@@ -7,19 +7,36 @@ task's examples, and writes the operative gin config to ``<task>/<split>.config.
 
 from __future__ import annotations
 
+import json
 import pathlib
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
 import seqio
 
-from fiat_jax import run_dirs
+from fiat_jax import compile_cache, run_dirs
+from fiat_jax.atomic_files import atomic_write_lines
 from fiat_jax.data.examples import task_examples
 from fiat_jax.errors import UserError
 from fiat_jax.teachers import base, materialise as materialise_lib, recipes
 
 TeachSummary = materialise_lib.Summary
+
+
+def write_timing(path: pathlib.Path, summary: TeachSummary, compiles: compile_cache.CompileStats) -> dict[str, Any]:
+    """``<split>.timing.json`` and one stderr line: the run's wall time and the share of it spent compiling (trace,
+    lower, XLA compile), so that a teacher run bound by compiles instead of decoding shows it. A local teacher's
+    rest is decoding (and the model's load); a remote teacher compiles nothing."""
+    timing = {"items": summary.written, "wall_s": round(summary.seconds, 3), **{
+        k.split("/", 1)[1]: (round(v, 3) if isinstance(v, float) else v)
+        for k, v in compiles.metrics(summary.seconds).items()}}
+    atomic_write_lines(path, [json.dumps(timing, sort_keys=True)])
+    print(f"teach: {summary.written} items in {summary.seconds:.1f} s, {timing['share']:.0%} of it compiling "
+          f"({compiles.compiles} programs compiled, {compiles.cache_hits} loaded from the compile cache)",
+          file=sys.stderr)
+    return timing
 
 
 @gin.configurable
@@ -72,11 +89,17 @@ def teach(*, teacher: Any, recipe: str, task: str, output_dir: str, split: str =
         tmp.write_text(text)
         tmp.replace(task_dir / f"{split}.config.gin")
 
+    # A local (JAX) teacher's compiles are counted; a remote one's process need not import JAX for it.
+    counts = str(teacher.identity).startswith("local:") or "jax" in sys.modules
+    compiles_before = compile_cache.CompileStats.start() if counts else None
     result = materialise_lib.materialise(
         teacher, rec, examples, out_dir=output_dir, task=task, split=split, variables=fixed,
         max_new_tokens=max_new_tokens, temperature=temperature, stop=stop, parse_retries=parse_retries,
         retry_temperatures=retry_temperatures, progress=progress, on_first_reply=write_config)
     summary = result.summary
+    if compiles_before is not None and summary.written:
+        write_timing(task_dir / f"{split}.timing.json", summary,
+                     compile_cache.CompileStats.since(compiles_before))
     if result.failures and fail_on_failures:
         raise UserError(f"teach: {summary.failed} of {summary.total - summary.already} prompts failed (ids and "
                         f"reasons in {summary.failures_path}); rerun to retry them")
