@@ -5,8 +5,9 @@ Why: a FIAT sweep is many short runs, and on a 30-layer model (SmolLM2-135M) the
 step and of the generation loop was most of each run (README, Performance). Each (program, layout) is measured in
 its own fresh process with the persistent compile cache off, so every compile is cold; programs: the LoRA train
 step (FIAT-row shape: batch 8 x 512 tokens, loss on the targets only) of the decoder and of T5-small, the
-decoder's greedy generation (8 prompts x 256 tokens, 16 new tokens) and T5's. Compile time = first call (compile
-+ run) minus a second, warm call of the same shape.
+decoder's greedy generation (8 prompts x 256 tokens, 16 new tokens) and T5's. Compile time of a train step = JAX
+tracing + lowering plus XLA's compile, timed apart (``lower`` then ``compile``); of a generation = its first call
+(compile + run) minus a second, warm call of the same shape.
 
 python benchmarks/bench_compile.py [--quick]
 """
@@ -28,11 +29,11 @@ PROGRAMS = ("decoder_train", "t5_train", "decoder_generate", "t5_generate")
 
 
 def _model(kind: str, quick: bool):
-    from benchmarks.bench_train_step import SMOLLM2_135M, T5_SMALL, make_model
-
     import dataclasses
 
     from flax import nnx
+
+    from benchmarks.bench_train_step import SMOLLM2_135M, T5_SMALL, make_model
 
     shape = SMOLLM2_135M if kind == "decoder" else T5_SMALL
     if quick:
@@ -80,6 +81,12 @@ def child(program: str, quick: bool) -> dict:
                      "decoder_loss_weights": np.ones((b, target), np.int32)}
             config = None
         compiled, mesh, args = compiled_step(model, batch, trainable=trainable, step_config=config)
+        with jax.set_mesh(mesh):  # the cold compile's two parts: JAX tracing + lowering, then XLA's compile
+            start = time.perf_counter()
+            lowered = compiled.fn.lower(*args)
+            lower_s = time.perf_counter() - start
+            lowered.compile()
+            xla_s = time.perf_counter() - start - lower_s
 
         def one():
             with jax.set_mesh(mesh):
@@ -93,7 +100,10 @@ def child(program: str, quick: bool) -> dict:
         def one():
             decoding.generate(model, prompts, max_new_tokens=16)
     first, warm = _timed_twice(one)
-    return {"first_s": first, "warm_s": warm, "compile_s": max(first - warm, 0.0)}
+    out = {"first_s": first, "warm_s": warm, "compile_s": max(first - warm, 0.0)}
+    if program.endswith("_train"):  # JAX keeps the executable compiled above: the first call only re-traces
+        out.update(trace_lower_s=lower_s, xla_compile_s=xla_s, compile_s=lower_s + xla_s)
+    return out
 
 
 def measure(program: str, scan: bool, quick: bool) -> dict | None:
@@ -115,8 +125,11 @@ def run(*, quick: bool = False) -> list[BenchResult]:
         unrolled, scanned = measure(program, False, quick), measure(program, True, quick)
         if not (unrolled and scanned):
             continue
+        split = "" if "trace_lower_s" not in unrolled else (
+            f" (trace+lower {unrolled['trace_lower_s']:.1f} vs {scanned['trace_lower_s']:.1f} s, XLA compile "
+            f"{unrolled['xla_compile_s']:.1f} vs {scanned['xla_compile_s']:.1f} s)")
         print(f"  {program:17}: compile {unrolled['compile_s']:.1f} s unrolled vs {scanned['compile_s']:.1f} s "
-              f"scanned; warm call {unrolled['warm_s']:.2f} s vs {scanned['warm_s']:.2f} s", flush=True)
+              f"scanned{split}; warm call {unrolled['warm_s']:.2f} s vs {scanned['warm_s']:.2f} s", flush=True)
         detail = {"unrolled": unrolled, "scanned": scanned}
         results.append(BenchResult(f"{program}: cold compile, layer scan / unrolled",
                                    scanned["compile_s"] / max(unrolled["compile_s"], 1e-9), "x",

@@ -57,10 +57,16 @@ class StudentSpec:
     def trainer(self) -> Callable[..., Any]:
         return self.train_fn if self.train_fn is not None else trainer_lib.train
 
+    def factory(self) -> Callable[..., Any] | None:
+        """The student's model factory: this spec's, else the one in a ``train_fn`` partial's keywords."""
+        if self.model_factory is not None:
+            return self.model_factory
+        fn = self.train_fn
+        return fn.keywords.get("model_factory") if isinstance(fn, functools.partial) else None
+
     def has_model(self) -> bool:
         """Is the student model given (here, or already in a ``train_fn`` partial's keywords)?"""
-        fn = self.train_fn
-        return self.model_factory is not None or (isinstance(fn, functools.partial) and "model_factory" in fn.keywords)
+        return self.factory() is not None
 
     def check(self, method: str) -> None:
         """Steps and a student model must be given before anything is computed (one clear line each)."""
@@ -86,9 +92,7 @@ class StudentSpec:
     def build(self, *, seed: int = 0) -> Any:
         """The student as training would start from it (weights loaded, PEFT applied), untrained: for methods
         that only score it (ICL with the documents in context)."""
-        fn = self.train_fn
-        factory = self.model_factory if self.model_factory is not None else (
-            fn.keywords.get("model_factory") if isinstance(fn, functools.partial) else None)
+        factory = self.factory()
         if factory is None:
             raise UserError("student: missing the student model (bind StudentSpec.model_factory)")
         return train_state.build_model(factory, seed=seed, mesh=None, initial_params=self.initial_params,

@@ -160,13 +160,14 @@ class Decoder(nnx.Module):
                 positions = jnp.broadcast_to(slots, (b, t))
         new_cache: dict[str, Any] = {}
         stack = [getattr(self, f"layers_{i}") for i in range(self.config.num_layers)]
-        if cache is None:  # training and scoring: one scanned layer (layers.apply_layers), remat in training
+        if cache is None:  # training and scoring: layers.apply_layers (remat in training, scan when enabled)
             x = layers.apply_layers(stack, lambda m, x, mask, pos: m(
                 x, mask=mask, positions=pos, cache=None, cache_index=None, deterministic=deterministic)[0],
                 x, mask, positions, remat=self.config.remat, training=not deterministic)
-        for i, layer in enumerate(stack if cache is not None else ()):
-            x, new_cache[f"layers_{i}"] = layer(x, mask=mask, positions=positions, cache=cache[f"layers_{i}"],
-                                                cache_index=index, deterministic=deterministic)
+        else:
+            for i, layer in enumerate(stack):
+                x, new_cache[f"layers_{i}"] = layer(x, mask=mask, positions=positions, cache=cache[f"layers_{i}"],
+                                                    cache_index=index, deterministic=deterministic)
         x = self.decoder_norm(x)
         x = self.dropout(x, deterministic=deterministic)
         out = self.logits_from_hidden(x, deterministic=deterministic) if head else x

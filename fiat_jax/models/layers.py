@@ -357,7 +357,7 @@ def draws_random_numbers(module: nnx.Module) -> bool:
 
 def scan_enabled() -> bool:
     """``FIAT_JAX_SCAN_LAYERS=1`` turns the layer scan on. Off by default: on XLA:CPU it did not shorten the cold
-    compile of the 30-layer SmolLM2 LoRA step (15.3 s vs 15.7 s, trace + compile; benchmarks/bench_compile.py),
+    compile of the 30-layer SmolLM2 LoRA step (12.0 s vs 11.3 s, trace + compile; benchmarks/bench_compile.py),
     so the unrolled loop, which XLA schedules across layers, stays the default until an accelerator shows a win."""
     return os.environ.get("FIAT_JAX_SCAN_LAYERS", "0") == "1"
 
@@ -367,7 +367,7 @@ def apply_layers(stack: Sequence[nnx.Module], fn: Callable[..., Array], x: Array
     """``x = fn(layer, x, *args)`` for each layer of ``stack`` in order, rematerialised per ``remat`` in training.
 
     With ``FIAT_JAX_SCAN_LAYERS=1``, one ``jax.lax.scan`` over the layers: the program holds one layer instead of
-    all of them (tracing and lowering 2.0 s instead of 4.5 s for SmolLM2's LoRA step), the lever MaxText and
+    all of them (tracing and lowering 1.7 s instead of 4.1 s for SmolLM2's LoRA step), the lever MaxText and
     Levanter use against long compiles on accelerators. The parameter tree stays per layer
     (``layers_{i}``: what checkpoints, LoRA regexes and exports name); the layers' parameters are stacked inside
     the program. The unrolled loop is kept where a scan cannot stand in: layers that differ in structure (LoRA on

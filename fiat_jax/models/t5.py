@@ -229,17 +229,18 @@ class EncoderDecoder(nnx.Module):
             cross_mask = jnp.broadcast_to(ev[:, None, None, :], (b, 1, t, ev.shape[1]))
         new_cache: dict[str, Any] = {}
         stack = [getattr(dec, f"layers_{i}") for i in range(c.num_decoder_layers)]
-        if cache is None:  # training and scoring: one scanned layer (layers.apply_layers), remat in training
+        if cache is None:  # training and scoring: layers.apply_layers (remat in training, scan when enabled)
             x = layers.apply_layers(stack, lambda m, x, enc, sm, b, cm: m(
                 x, enc, self_mask=sm, bias=b, cross_mask=cm, cross_kv=None, cache=None, cache_index=None,
                 deterministic=deterministic)[0], x, encoded, self_mask, bias, cross_mask, remat=c.remat,
                 training=not deterministic)
-        for i, layer in enumerate(stack if cache is not None else ()):
-            lc = cache[f"layers_{i}"]
-            x, nc = layer(x, encoded, self_mask=self_mask, bias=bias, cross_mask=cross_mask,
-                          cross_kv=(lc["cross_k"], lc["cross_v"]), cache={"k": lc["k"], "v": lc["v"]},
-                          cache_index=index, deterministic=deterministic)
-            new_cache[f"layers_{i}"] = {**lc, **nc}
+        else:
+            for i, layer in enumerate(stack):
+                lc = cache[f"layers_{i}"]
+                x, nc = layer(x, encoded, self_mask=self_mask, bias=bias, cross_mask=cross_mask,
+                              cross_kv=(lc["cross_k"], lc["cross_v"]), cache={"k": lc["k"], "v": lc["v"]},
+                              cache_index=index, deterministic=deterministic)
+                new_cache[f"layers_{i}"] = {**lc, **nc}
         x = dec.dropout(dec.decoder_norm(x), deterministic=deterministic)
         out = self.logits_from_hidden(x, deterministic=deterministic) if head else x
         if cache is None:
