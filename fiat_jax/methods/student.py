@@ -66,7 +66,8 @@ class StudentSpec:
 
     def has_model(self) -> bool:
         """Is the student model given (here, or already in a ``train_fn`` partial's keywords)?"""
-        return self.factory() is not None
+        fn = self.train_fn
+        return self.model_factory is not None or (isinstance(fn, functools.partial) and "model_factory" in fn.keywords)
 
     def check(self, method: str) -> None:
         """Steps and a student model must be given before anything is computed (one clear line each)."""
