@@ -375,23 +375,22 @@ def augmented_finetune_method(*, model_dir: str, student: StudentSpec | None = N
     also scores the student before fine-tuning with every training document in context; ``icl_only`` does only
     that (no augmentation, no training: ICL as a method of its own). Plain fine-tuning is
     ``local=False, global_=False, sentence_split=None``; without probes nothing is scored."""
+    def load_source() -> TrainingSource:
+        return training_source(documents_file=documents_file, probes_file=probes_file, language=language,
+                               synthetic_seed=synthetic_seed, num_train_examples=num_train_examples,
+                               generate_overrides=generate_overrides)
+
+    spec = student or StudentSpec()
     if icl_only:
-        spec = student or StudentSpec()
         if not spec.has_model():
             raise UserError("augmented ICL: missing the student model (bind StudentSpec.model_factory)")
-        source = training_source(documents_file=documents_file, probes_file=probes_file, language=language,
-                                 synthetic_seed=synthetic_seed, num_train_examples=num_train_examples,
-                                 generate_overrides=generate_overrides)
-        return icl_only_run(model_dir=model_dir, source=source, spec=spec, write_results=write_results,
+        return icl_only_run(model_dir=model_dir, source=load_source(), spec=spec, write_results=write_results,
                             num_train_examples=num_train_examples)
     if (local or global_) and teacher is None:
         raise UserError("augmented fine-tuning: missing teacher for local/global augmentation "
                         "(bind augmented_finetune_method.teacher, or set local and global_ to False)")
-    spec = student or StudentSpec()
     spec.check("augmented fine-tuning")
-    source = training_source(documents_file=documents_file, probes_file=probes_file, language=language,
-                             synthetic_seed=synthetic_seed, num_train_examples=num_train_examples,
-                             generate_overrides=generate_overrides)
+    source = load_source()
     rows = augment_documents(source.documents, teacher=teacher, local=local, global_=global_,
                              sentence_split=sentence_split, max_new_tokens=max_new_tokens,
                              out_dir=os.path.join(model_dir, "augmentations"), task=source.task)
