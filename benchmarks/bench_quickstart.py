@@ -43,13 +43,14 @@ def timed_run(*, cwd: pathlib.Path, model_dir: pathlib.Path, num_eval: int, env:
 
 
 def accuracies(model_dir: pathlib.Path) -> dict[str, float]:
-    """Each method's mean accuracy from its results.json (the quickstart's table)."""
+    """Each method's accuracy averaged over languages from its results.json (the quickstart table's mean)."""
+    from fiat_jax.methods.results import language_average
+
     found = {}
     for path in sorted(model_dir.glob("*/results.json")):
-        metrics = json.loads(path.read_text()).get("metrics", {})
-        values = [m["accuracy"] for m in metrics.values() if isinstance(m, dict) and "accuracy" in m]
-        if values:
-            found[path.parent.name] = round(sum(values) / len(values), 1)
+        mean = language_average(json.loads(path.read_text()).get("metrics", {})).get("accuracy")
+        if mean is not None:
+            found[path.parent.name] = round(mean, 1)
     return found
 
 
